@@ -1,0 +1,274 @@
+"""Every dimension of a tinymoe model, in one dataclass, checked before any tensor is made.
+
+The same `ModelConfig` builds a model at spreadsheet size (10 tokens, d_model 5) and at real
+size (d_model 4096). `validate()` turns an impossible combination into one `ConfigError` whose
+message names the field, the value and the rule, so a reader (or a widget) never sees a torch
+shape error from deep inside a matmul.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["ConfigError", "ModelConfig", "MoEConfig", "SparseAttentionConfig"]
+
+
+class ConfigError(ValueError):
+    """An impossible configuration: `field`, `value` and the `rule` it breaks."""
+
+    def __init__(self, field: str, value, rule: str):
+        self.field, self.value, self.rule = field, value, rule
+        super().__init__(f"{field}={value!r}: {rule}")
+
+
+NORMS = ("rmsnorm", "layernorm")
+FFNS = ("swiglu", "relu")
+POSITIONS = ("rope", "sinusoidal", "none")
+ROPE_PAIRINGS = ("rotate_half", "interleaved")
+ATTENTIONS = ("dense", "sliding_window", "native_sparse")
+ROUTERS = ("softmax_topk", "switch", "noisy_topk", "expert_choice", "soft", "sigmoid_bias")
+DISPATCHES = ("loop", "dense", "grouped", "triton")
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, value, "must be a whole number")
+    if value <= 0:
+        raise ConfigError(name, value, "must be a positive whole number")
+
+
+def _one_of(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(name, value, f"must be one of {', '.join(map(repr, choices))}")
+
+
+@dataclass
+class MoEConfig:
+    """The Mixture-of-Experts feed-forward: how many experts, how tokens are routed to them.
+
+    n_experts        routed experts (each a copy of the feed-forward with its own weights)
+    top_k            experts per token (switch forces 1; expert_choice and soft ignore it)
+    router           softmax_topk | switch | noisy_topk | expert_choice | soft | sigmoid_bias
+    renormalize      rescale the k kept gates to sum to 1 (Mixtral: yes; Qwen2-MoE default: no)
+    capacity_factor  expert capacity = ceil(capacity_factor * tokens / n_experts); None = dropless
+    n_shared_experts experts every token uses, beside the routed ones (DeepSeek, Qwen2-MoE)
+    d_ff_expert      hidden size of one expert (None: the model's d_ff)
+    aux_loss_coef    alpha of the Switch load-balancing loss
+    z_loss_coef      coefficient of the router z-loss
+    every_n_layers   MoE in every n-th block (1 = every block); the others keep the dense MLP
+    dispatch         loop (reference) | dense (teaching) | grouped (sorted) | triton (GPU kernel)
+    router_fp32      compute the router in float32 whatever the input dtype (turn off to watch it fail)
+    """
+
+    n_experts: int = 4
+    top_k: int = 2
+    router: str = "softmax_topk"
+    renormalize: bool = True
+    capacity_factor: float | None = None
+    n_shared_experts: int = 0
+    d_ff_expert: int | None = None
+    aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.001
+    every_n_layers: int = 1
+    dispatch: str = "grouped"
+    router_fp32: bool = True
+    bias_update_rate: float = 0.001
+
+    def validate(self, prefix: str = "moe.") -> "MoEConfig":
+        _positive_int(prefix + "n_experts", self.n_experts)
+        _positive_int(prefix + "top_k", self.top_k)
+        _one_of(prefix + "router", self.router, ROUTERS)
+        _one_of(prefix + "dispatch", self.dispatch, DISPATCHES)
+        if self.top_k > self.n_experts:
+            raise ConfigError(prefix + "top_k", self.top_k,
+                              f"cannot exceed n_experts={self.n_experts}: a token cannot pick more experts than exist")
+        if self.router == "switch" and self.top_k != 1:
+            raise ConfigError(prefix + "top_k", self.top_k, "the switch router sends each token to exactly one expert (top_k=1)")
+        if self.capacity_factor is not None:
+            if isinstance(self.capacity_factor, bool) or not isinstance(self.capacity_factor, (int, float)) \
+                    or not math.isfinite(self.capacity_factor) or self.capacity_factor <= 0:
+                raise ConfigError(prefix + "capacity_factor", self.capacity_factor,
+                                  "must be a positive number, or None for dropless routing")
+        if self.router in ("switch", "expert_choice") and self.capacity_factor is None:
+            raise ConfigError(prefix + "capacity_factor", None,
+                              f"the {self.router} router needs a capacity_factor (expert capacity = ceil(cf * tokens / n_experts))")
+        if isinstance(self.n_shared_experts, bool) or not isinstance(self.n_shared_experts, int) or self.n_shared_experts < 0:
+            raise ConfigError(prefix + "n_shared_experts", self.n_shared_experts, "must be a whole number >= 0")
+        if self.d_ff_expert is not None:
+            _positive_int(prefix + "d_ff_expert", self.d_ff_expert)
+        _positive_int(prefix + "every_n_layers", self.every_n_layers)
+        for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(prefix + name, value, "must be a number >= 0")
+        return self
+
+
+@dataclass
+class SparseAttentionConfig:
+    """Native Sparse Attention (arXiv 2502.11089): three branches mixed by gates.
+
+    block_size        l: tokens per compressed block
+    stride            d: step between compressed blocks (d <= l; d < l overlaps)
+    select_block_size l': tokens per selection block (a multiple of stride)
+    top_n             n: selection blocks each query attends at full resolution
+    window            w: sliding-window length, counting the query's own position
+    """
+
+    block_size: int = 32
+    stride: int = 16
+    select_block_size: int = 64
+    top_n: int = 16
+    window: int = 512
+
+    def validate(self, prefix: str = "nsa.") -> "SparseAttentionConfig":
+        for name in ("block_size", "stride", "select_block_size", "top_n", "window"):
+            _positive_int(prefix + name, getattr(self, name))
+        if self.stride > self.block_size:
+            raise ConfigError(prefix + "stride", self.stride,
+                              f"cannot exceed block_size={self.block_size}: blocks would skip tokens")
+        if self.select_block_size % self.stride != 0:
+            raise ConfigError(prefix + "select_block_size", self.select_block_size,
+                              f"must be a multiple of stride={self.stride} so compressed scores map onto selection blocks")
+        return self
+
+
+@dataclass
+class ModelConfig:
+    """Every dimension of a decoder-only transformer (with optional MoE and sparse attention).
+
+    vocab_size   tokens in the vocabulary (touches only the embedding and the LM head)
+    d_model      width of the residual stream
+    n_layers     decoder blocks
+    n_heads      query heads
+    n_kv_heads   key/value heads (None = n_heads: MHA; 1: MQA; in between: GQA)
+    head_dim     q/k size per head (None = d_model // n_heads)
+    v_head_dim   value size per head (None = head_dim); need not equal head_dim
+    v_head_dims  value size of each head when they differ, e.g. (5, 3, 3); needs n_kv_heads == n_heads
+    d_ff         feed-forward hidden size (None = 4 * d_model)
+    ffn          swiglu (Llama) | relu (the original transformer)
+    max_seq_len  longest sequence (sizes the RoPE / sinusoidal tables)
+    position     rope | sinusoidal (added once at the bottom) | none
+    rope_base    theta of RoPE's frequencies
+    rope_pairing rotate_half (Llama, Hugging Face) | interleaved (the RoFormer paper, Meta's original)
+    norm         rmsnorm | layernorm
+    attention    dense | sliding_window | native_sparse
+    window       sliding-window length (sliding_window attention), counting the query itself
+    """
+
+    vocab_size: int = 32
+    d_model: int = 5
+    n_layers: int = 1
+    n_heads: int = 1
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    v_head_dim: int | None = None
+    v_head_dims: tuple[int, ...] | None = None
+    d_ff: int | None = None
+    ffn: str = "swiglu"
+    max_seq_len: int = 128
+    position: str = "rope"
+    rope_base: float = 10000.0
+    rope_pairing: str = "rotate_half"
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    attention: str = "dense"
+    window: int | None = None
+    causal: bool = True
+    bias: bool = False
+    tie_embeddings: bool = False
+    moe: MoEConfig | None = None
+    nsa: SparseAttentionConfig | None = None
+
+    # ---- derived sizes (read these, not the raw fields) -------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def qk_dim(self) -> int:
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def v_dims(self) -> tuple[int, ...]:
+        """The value size of every query head."""
+        if self.v_head_dims is not None:
+            return tuple(self.v_head_dims)
+        v = self.qk_dim if self.v_head_dim is None else self.v_head_dim
+        return (v,) * self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        return 4 * self.d_model if self.d_ff is None else self.d_ff
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head."""
+        return self.n_heads // self.kv_heads
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes).validate()
+
+    def moe_in_layer(self, layer: int) -> bool:
+        return self.moe is not None and (layer + 1) % self.moe.every_n_layers == 0
+
+    # ---- the rules ---------------------------------------------------------------------
+    def validate(self) -> "ModelConfig":
+        """Raise ConfigError naming the field, the value and the rule; return self if sound."""
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            _positive_int(name, getattr(self, name))
+        for name in ("n_kv_heads", "head_dim", "v_head_dim", "d_ff", "window"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        _one_of("ffn", self.ffn, FFNS)
+        _one_of("position", self.position, POSITIONS)
+        _one_of("rope_pairing", self.rope_pairing, ROPE_PAIRINGS)
+        _one_of("norm", self.norm, NORMS)
+        _one_of("attention", self.attention, ATTENTIONS)
+        if self.head_dim is None and self.d_model % self.n_heads != 0:
+            raise ConfigError("d_model", self.d_model,
+                              f"is not divisible by n_heads={self.n_heads}: with head_dim unset each head gets "
+                              f"d_model // n_heads dims; set head_dim explicitly or pick a divisor")
+        if self.n_heads % self.kv_heads != 0:
+            raise ConfigError("n_heads", self.n_heads,
+                              f"is not a multiple of n_kv_heads={self.kv_heads}: each key/value head must serve "
+                              f"a whole group of query heads")
+        if self.kv_heads > self.n_heads:
+            raise ConfigError("n_kv_heads", self.kv_heads, f"cannot exceed n_heads={self.n_heads}")
+        if self.v_head_dims is not None:
+            dims = tuple(self.v_head_dims)
+            if len(dims) != self.n_heads:
+                raise ConfigError("v_head_dims", dims, f"needs one value size per head (n_heads={self.n_heads})")
+            for i, d in enumerate(dims):
+                _positive_int(f"v_head_dims[{i}]", d)
+            if self.kv_heads != self.n_heads:
+                raise ConfigError("v_head_dims", dims,
+                                  "unequal value sizes need one key/value head per query head (n_kv_heads == n_heads)")
+        if self.position == "rope" and self.qk_dim % 2 != 0:
+            raise ConfigError("head_dim", self.qk_dim,
+                              "must be even with position='rope': RoPE rotates the q/k dimensions in pairs")
+        if self.position == "sinusoidal" and self.d_model % 2 != 0:
+            raise ConfigError("d_model", self.d_model,
+                              "must be even with position='sinusoidal': sine and cosine fill the dimensions in pairs")
+        if not isinstance(self.rope_base, (int, float)) or self.rope_base <= 1:
+            raise ConfigError("rope_base", self.rope_base, "must be a number > 1")
+        if not isinstance(self.norm_eps, (int, float)) or self.norm_eps <= 0:
+            raise ConfigError("norm_eps", self.norm_eps, "must be a small positive number")
+        if self.attention == "sliding_window" and self.window is None:
+            raise ConfigError("window", None, "attention='sliding_window' needs a window length")
+        if self.attention == "native_sparse":
+            if self.nsa is None:
+                raise ConfigError("nsa", None, "attention='native_sparse' needs an nsa=SparseAttentionConfig(...)")
+            if not self.causal:
+                raise ConfigError("causal", self.causal, "native sparse attention is defined for causal decoders only")
+        if self.nsa is not None:
+            self.nsa.validate()
+        if self.moe is not None:
+            self.moe.validate()
+        return self
+
+    def __post_init__(self):
+        if self.v_head_dims is not None and not isinstance(self.v_head_dims, tuple):
+            self.v_head_dims = tuple(self.v_head_dims)

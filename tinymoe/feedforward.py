@@ -1,0 +1,70 @@
+"""The position-wise feed-forward network: the same small MLP applied to every token.
+
+ReLU MLP (the original transformer):   out = W_2 relu(W_1 x)
+SwiGLU (Llama, Mixtral, Qwen):         out = W_down (silu(W_gate x) * W_up x)
+
+SwiGLU has three matrices instead of two; at the same parameter count its d_ff is about 2/3 of
+the ReLU one. An MoE expert is exactly one of these.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import ModelConfig
+from .trace import Trace, record
+
+__all__ = ["MLP", "SwiGLU", "make_feedforward"]
+
+
+class MLP(nn.Module):
+    """ReLU feed-forward: d_model -> d_ff -> d_model."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, name: str = "ffn"):
+        super().__init__()
+        self.name = name
+        self.w_1 = nn.Linear(d_model, d_ff, bias=bias)
+        self.w_2 = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
+        trace = trace.scope(self.name) if trace is not None else None
+        hidden = F.relu(self.w_1(x))                     # (..., d_ff)
+        out = self.w_2(hidden)                           # (..., d_model)
+        record(trace, "W_1", self.w_1.weight, "weight")
+        record(trace, "hidden", hidden)
+        record(trace, "W_2", self.w_2.weight, "weight")
+        record(trace, "out", out)
+        return out
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: W_down (silu(W_gate x) * W_up x), after Shazeer 2020."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, name: str = "ffn"):
+        super().__init__()
+        self.name = name
+        self.w_gate = nn.Linear(d_model, d_ff, bias=bias)
+        self.w_up = nn.Linear(d_model, d_ff, bias=bias)
+        self.w_down = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
+        trace = trace.scope(self.name) if trace is not None else None
+        gate = F.silu(self.w_gate(x))                    # (..., d_ff)
+        up = self.w_up(x)                                # (..., d_ff)
+        hidden = gate * up                               # (..., d_ff)
+        out = self.w_down(hidden)                        # (..., d_model)
+        record(trace, "W_gate", self.w_gate.weight, "weight")
+        record(trace, "W_up", self.w_up.weight, "weight")
+        record(trace, "hidden", hidden)
+        record(trace, "W_down", self.w_down.weight, "weight")
+        record(trace, "out", out)
+        return out
+
+
+def make_feedforward(config: ModelConfig, d_ff: int | None = None, name: str = "ffn") -> nn.Module:
+    """The dense feed-forward the config asks for (SwiGLU or ReLU MLP)."""
+    config.validate()
+    d_ff = config.ff_dim if d_ff is None else d_ff
+    cls = SwiGLU if config.ffn == "swiglu" else MLP
+    return cls(config.d_model, d_ff, bias=config.bias, name=name)

@@ -1,0 +1,98 @@
+"""A decoder-only language model built entirely from a ModelConfig.
+
+    tokens -> embedding (+ sinusoidal positions) -> n_layers x DecoderBlock -> final norm
+           -> LM head -> logits over the vocabulary -> cross-entropy against the next token
+
+Growing the vocabulary touches only the embedding and the LM head; everything between sees
+d_model-wide vectors. `generate` samples greedily (temperature 0) or at a temperature.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .block import DecoderBlock
+from .config import ModelConfig
+from .norm import make_norm
+from .rope import sinusoidal_positions
+from .trace import Trace, record
+
+__all__ = ["TinyLM", "LMOutput"]
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor                          # (B, T, vocab_size)
+    loss: torch.Tensor | None = None              # cross-entropy + auxiliary losses
+    ce_loss: torch.Tensor | None = None           # cross-entropy alone
+    aux_losses: dict = field(default_factory=dict)  # per-name sums over the MoE layers
+
+
+class TinyLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        if config.position == "sinusoidal":
+            self.register_buffer("pos", sinusoidal_positions(config.max_seq_len, config.d_model), persistent=False)
+        else:
+            self.pos = None
+        self.layers = nn.ModuleList(DecoderBlock(config, layer=i) for i in range(config.n_layers))
+        self.norm = make_norm(config, name="final_norm")
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
+                trace: Trace | None = None, key_padding_mask: torch.Tensor | None = None) -> LMOutput:
+        """tokens: (B, T) int64 -> LMOutput with logits (B, T, vocab_size)."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens has shape {tuple(tokens.shape)}: expected (batch, seq_len) token ids")
+        B, T = tokens.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"seq_len={T} exceeds max_seq_len={self.config.max_seq_len}: raise max_seq_len in the config")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in 0..{self.config.vocab_size - 1} (vocab_size); "
+                             f"got {int(tokens.min())}..{int(tokens.max())}")
+        record(trace, "tokens", tokens, "input")
+        record(trace, "embed.W_E", self.embed.weight, "weight")
+        x = self.embed(tokens)                                      # (B, T, d_model)
+        record(trace, "embed.out", x)
+        if self.pos is not None:
+            x = x + self.pos[:T]                                    # (B, T, d_model)
+            record(trace, "embed.pos", self.pos[:T], "buffer")
+            record(trace, "embed.with_pos", x)
+        aux_losses: dict[str, torch.Tensor] = {}
+        for i, block in enumerate(self.layers):
+            x, aux = block(x, trace.scope(f"layers.{i}") if trace is not None else None, key_padding_mask)
+            for name, value in aux.items():
+                aux_losses[name] = aux_losses.get(name, 0) + value
+        x = self.norm(x, trace)
+        logits = self.lm_head(x)                                    # (B, T, vocab_size)
+        record(trace, "lm_head.W_U", self.lm_head.weight, "weight")
+        record(trace, "logits", logits, "output")
+        out = LMOutput(logits=logits, aux_losses=aux_losses)
+        if targets is not None:
+            out.ce_loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=-100)
+            out.loss = out.ce_loss + sum(aux_losses.values())
+        return out
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Append max_new_tokens tokens: greedy at temperature 0, else sample softmax(logits / t)."""
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature}: must be >= 0 (0 means greedy)")
+        for _ in range(max_new_tokens):
+            context = tokens[:, -self.config.max_seq_len:]                 # (B, <= max_seq_len)
+            logits = self(context).logits[:, -1]                          # (B, vocab_size)
+            if temperature == 0:
+                next_token = logits.argmax(dim=-1, keepdim=True)           # (B, 1)
+            else:
+                probs = F.softmax(logits / temperature, dim=-1)
+                next_token = torch.multinomial(probs, 1, generator=generator)
+            tokens = torch.cat([tokens, next_token], dim=1)
+        return tokens

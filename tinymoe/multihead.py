@@ -1,0 +1,98 @@
+"""Multi-head attention, with grouped-query attention from the same module.
+
+Each of n_heads query heads attends on its own with a q/k size head_dim and a value size of its
+own; the heads' outputs are concatenated side by side and an output projection W_o maps the
+concatenation back to d_model. Value sizes may differ per head (5, 3, 3 -> a concatenation of 11),
+as in the hand-built sheets: nothing in attention needs them equal.
+
+Grouped-query attention (Ainslie et al. 2023) keeps n_heads query heads but only n_kv_heads
+key/value heads; each key/value head serves a group of n_heads // n_kv_heads consecutive query
+heads (query head h reads kv head h // group_size). n_kv_heads == n_heads is ordinary MHA,
+n_kv_heads == 1 is multi-query attention (Shazeer 2019). Fewer kv heads: fewer parameters in
+W_k, W_v and a KV cache smaller by the group size.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import attention_weights, causal_mask, sliding_window_mask
+from .config import ModelConfig
+from .rope import RotaryEmbedding
+from .trace import Trace, record
+
+__all__ = ["MultiHeadAttention"]
+
+
+class MultiHeadAttention(nn.Module):
+    """Dense, causal or sliding-window attention with n_heads query and n_kv_heads kv heads."""
+
+    def __init__(self, config: ModelConfig, name: str = "attn"):
+        super().__init__()
+        config.validate()
+        self.config, self.name = config, name
+        self.n_heads, self.n_kv_heads = config.n_heads, config.kv_heads
+        self.head_dim, self.group_size = config.qk_dim, config.group_size
+        self.v_dims = config.v_dims                                 # value size of each query head
+        self.kv_v_dims = self.v_dims[:: self.group_size]            # value size of each kv head
+        d = config.d_model
+        self.W_q = nn.Linear(d, self.n_heads * self.head_dim, bias=config.bias)
+        self.W_k = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=config.bias)
+        self.W_v = nn.Linear(d, sum(self.kv_v_dims), bias=config.bias)
+        self.W_o = nn.Linear(sum(self.v_dims), d, bias=config.bias)
+        self.rope = (RotaryEmbedding(self.head_dim, config.max_seq_len, config.rope_base, config.rope_pairing)
+                     if config.position == "rope" else None)
+
+    def forward(self, x: torch.Tensor, trace: Trace | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (batch, seq, d_model) -> (batch, seq, d_model).
+        key_padding_mask: optional (batch, seq) bool, True for real tokens."""
+        trace = trace.scope(self.name) if trace is not None else None
+        B, T, _ = x.shape
+        H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        record(trace, "x", x, "input")
+        for w in ("W_q", "W_k", "W_v", "W_o"):
+            record(trace, w, getattr(self, w).weight, "weight")
+
+        q = self.W_q(x).view(B, T, H, D).transpose(1, 2)            # (B, n_heads, T, head_dim)
+        k = self.W_k(x).view(B, T, H_kv, D).transpose(1, 2)         # (B, n_kv_heads, T, head_dim)
+        v = self.W_v(x)                                             # (B, T, sum of kv value dims)
+        record(trace, "q", q)
+        record(trace, "k", k)
+        record(trace, "v", v)
+        if self.rope is not None:
+            q, k = self.rope(q, k, trace=trace)
+            record(trace, "q_rot", q)
+            record(trace, "k_rot", k)
+
+        # Each query head reads the kv head of its group: kv head j serves query heads
+        # j*group .. (j+1)*group - 1, so repeat each kv head `group` times in place.
+        k = k.repeat_interleave(self.group_size, dim=1)             # (B, n_heads, T, head_dim)
+
+        mask = self._mask(T, x.device, key_padding_mask)           # (T, T) or (B, 1, T, T)
+        weights = attention_weights(q, k, mask=mask, trace=trace)   # (B, n_heads, T, T)
+
+        # Per head: weights @ that head's values, then the heads side by side.
+        v_heads = v.split(self.kv_v_dims, dim=-1)                   # n_kv_heads x (B, T, v_dim)
+        heads = []
+        for h in range(H):
+            out_h = weights[:, h] @ v_heads[h // self.group_size]   # (B, T, v_dim of head h)
+            record(trace, f"head{h}", out_h)
+            heads.append(out_h)
+        concat = torch.cat(heads, dim=-1)                           # (B, T, sum(v_dims))
+        record(trace, "concat", concat)
+        out = self.W_o(concat)                                      # (B, T, d_model)
+        record(trace, "out", out, "output")
+        return out
+
+    def _mask(self, T: int, device, key_padding_mask):
+        """(T, T) or (B, 1, T, T) bool built from the config's causal/window rules and any padding."""
+        mask = None
+        if self.config.attention == "sliding_window":
+            mask = sliding_window_mask(T, self.config.window, device=device)
+        elif self.config.causal:
+            mask = causal_mask(T, device=device)
+        if key_padding_mask is not None:
+            pad = key_padding_mask[:, None, None, :].bool()         # (B, 1, 1, T): which keys are real
+            mask = pad if mask is None else (mask & pad)
+        return mask

@@ -1,0 +1,94 @@
+"""Position: absolute sinusoidal encodings (added once at the bottom) and RoPE (applied to
+q and k in every head of every layer).
+
+RoPE (Su et al. 2021, "RoFormer") rotates each pair of q/k dimensions by an angle m * theta_i
+that grows with the position m, with theta_i = base^(-2i/head_dim). A dot product of two
+rotated vectors depends only on the difference of their angles, so q_m . k_n depends only on
+m - n: relative position, for free, with no trainable weight. cos and sin are precomputed once
+(a buffer, not a parameter).
+
+Which dimensions form a pair is a convention, and mixing them up is a classic bug:
+  rotate_half  pairs (i, i + head_dim/2)  Llama in Hugging Face, GPT-NeoX
+  interleaved  pairs (2i, 2i + 1)         the RoFormer paper, Meta's original Llama code
+Both give the same relative-position property; they differ by a fixed permutation of dims.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .trace import Trace, record
+
+__all__ = ["RotaryEmbedding", "rope_frequencies", "rotate_half", "apply_rope", "sinusoidal_positions"]
+
+
+def rope_frequencies(head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """theta_i = base^(-2i/head_dim) for i = 0 .. head_dim/2 - 1: fast pairs first, slow last."""
+    return base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last axis."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): neighbours form the pairs."""
+    pairs = x.unflatten(-1, (-1, 2))                         # (..., head_dim/2, 2)
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               pairing: str = "rotate_half") -> torch.Tensor:
+    """Rotate x (..., seq, head_dim) by the angles whose cos/sin are (seq, head_dim)."""
+    rotated = rotate_half(x) if pairing == "rotate_half" else _rotate_interleaved(x)
+    return x * cos + rotated * sin
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables for positions 0 .. max_seq_len-1 (buffers, not trainable)."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0,
+                 pairing: str = "rotate_half"):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"head_dim={head_dim}: RoPE rotates dimensions in pairs, so it must be even")
+        self.head_dim, self.max_seq_len, self.base, self.pairing = head_dim, max_seq_len, base, pairing
+        theta = rope_frequencies(head_dim, base)                           # (head_dim/2,)
+        angles = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * theta[None, :]  # (T, head_dim/2)
+        if pairing == "rotate_half":
+            angles = torch.cat((angles, angles), dim=-1)                   # (T, head_dim): i and i+half share
+        else:
+            angles = angles.repeat_interleave(2, dim=-1)                   # (T, head_dim): 2i and 2i+1 share
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor | None = None,
+                trace: Trace | None = None):
+        """Rotate q (B, H, T, head_dim) and k (B, H_kv, T, head_dim) by their positions."""
+        seq_len = q.shape[-2]
+        if positions is None:
+            if seq_len > self.max_seq_len:
+                raise ValueError(f"seq_len={seq_len} exceeds max_seq_len={self.max_seq_len}: "
+                                 f"raise max_seq_len in the config")
+            cos, sin = self.cos[:seq_len], self.sin[:seq_len]             # (T, head_dim)
+        else:
+            cos, sin = self.cos[positions], self.sin[positions]
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        record(trace, "rope_cos", cos, "buffer")
+        record(trace, "rope_sin", sin, "buffer")
+        return apply_rope(q, cos, sin, self.pairing), apply_rope(k, cos, sin, self.pairing)
+
+
+def sinusoidal_positions(max_seq_len: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
+    """(max_seq_len, d_model): PE[m, 2i] = sin(m / base^(2i/d)), PE[m, 2i+1] = cos(m / base^(2i/d)).
+    Vaswani et al. 2017: added to the token embeddings once, at the bottom of the stack."""
+    position = torch.arange(max_seq_len, dtype=torch.float64)[:, None]     # (T, 1)
+    inv_freq = torch.exp(-math.log(base) * torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    pe = torch.zeros(max_seq_len, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(position * inv_freq)
+    pe[:, 1::2] = torch.cos(position * inv_freq)
+    return pe.float()
