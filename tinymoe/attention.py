@@ -73,12 +73,19 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q has d_k={q.shape[-1]} but k has d_k={k.shape[-1]}: "
                          f"a query and a key must have the same length to take their dot product")
+    if mask is not None and mask.dtype != torch.bool:
+        raise TypeError(f"mask has dtype {mask.dtype}: pass a boolean mask with True = may attend "
+                        f"(an additive float mask of 0 / -inf is a different convention)")
     d_k = q.shape[-1]
     scale = 1.0 / math.sqrt(d_k) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale                  # (..., T_q, T_k)
     if causal:
+        # The T_q queries are the LAST T_q positions of the T_k keys: query i sits at position
+        # i + (T_k - T_q) and sees keys up to there (with T_q == T_k: the usual lower triangle).
         t_q, t_k = q.shape[-2], k.shape[-2]
-        cm = causal_mask(t_k, device=q.device)[t_k - t_q:]     # (T_q, T_k)
+        i = torch.arange(t_q, device=q.device)[:, None]
+        j = torch.arange(t_k, device=q.device)[None, :]
+        cm = j <= i + (t_k - t_q)                               # (T_q, T_k)
         mask = cm if mask is None else (mask & cm)
     weights = safe_softmax(scores, dim=-1, mask=mask)           # (..., T_q, T_k)
     record(trace, "scores", scores)

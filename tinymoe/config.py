@@ -19,7 +19,9 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, value, rule: str):
         self.field, self.value, self.rule = field, value, rule
-        super().__init__(f"{field}={value!r}: {rule}")
+        # "n_heads=6 is not a multiple of ..." reads as a sentence; other rules follow a colon.
+        joiner = " " if rule.startswith(("is ", "must ", "cannot ", "needs ")) else ": "
+        super().__init__(f"{field}={value!r}{joiner}{rule}")
 
 
 NORMS = ("rmsnorm", "layernorm")
@@ -39,8 +41,19 @@ def _positive_int(name: str, value) -> None:
 
 
 def _one_of(name: str, value, choices) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ConfigError(name, value, f"must be one of {', '.join(map(repr, choices))}")
+
+
+def _flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(name, value, "must be True or False")
+
+
+def _number(name: str, value, rule: str, ok) -> None:
+    """A real, finite number (not a bool, not NaN/inf) for which ok(value) holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(name, value, rule)
 
 
 @dataclass
@@ -53,12 +66,15 @@ class MoEConfig:
     renormalize      rescale the k kept gates to sum to 1 (Mixtral: yes; Qwen2-MoE default: no)
     capacity_factor  expert capacity = ceil(capacity_factor * tokens / n_experts); None = dropless
     n_shared_experts experts every token uses, beside the routed ones (DeepSeek, Qwen2-MoE)
+    shared_expert_gate  scale the shared experts' output by sigmoid(w . x) per token (Qwen2-MoE)
+    slots_per_expert slots each expert processes in soft MoE (router='soft')
     d_ff_expert      hidden size of one expert (None: the model's d_ff)
     aux_loss_coef    alpha of the Switch load-balancing loss
     z_loss_coef      coefficient of the router z-loss
     every_n_layers   MoE in every n-th block (1 = every block); the others keep the dense MLP
     dispatch         loop (reference) | dense (teaching) | grouped (sorted) | triton (GPU kernel)
     router_fp32      compute the router in float32 whatever the input dtype (turn off to watch it fail)
+    bias_update_rate gamma: step of the sigmoid_bias router's selection bias at each update_bias call
     """
 
     n_experts: int = 4
@@ -74,6 +90,8 @@ class MoEConfig:
     dispatch: str = "grouped"
     router_fp32: bool = True
     bias_update_rate: float = 0.001
+    shared_expert_gate: bool = False
+    slots_per_expert: int = 1
 
     def validate(self, prefix: str = "moe.") -> "MoEConfig":
         _positive_int(prefix + "n_experts", self.n_experts)
@@ -97,11 +115,18 @@ class MoEConfig:
             raise ConfigError(prefix + "n_shared_experts", self.n_shared_experts, "must be a whole number >= 0")
         if self.d_ff_expert is not None:
             _positive_int(prefix + "d_ff_expert", self.d_ff_expert)
+        if self.shared_expert_gate is True and self.n_shared_experts == 0:
+            raise ConfigError(prefix + "shared_expert_gate", True,
+                              "gates the shared experts' output, so it needs n_shared_experts >= 1")
         _positive_int(prefix + "every_n_layers", self.every_n_layers)
+        _positive_int(prefix + "slots_per_expert", self.slots_per_expert)
+        for name in ("renormalize", "router_fp32", "shared_expert_gate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(prefix + name, getattr(self, name), "must be True or False")
         for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(prefix + name, value, "must be a number >= 0")
+            _number(prefix + name, getattr(self, name), "must be a finite number >= 0", lambda v: v >= 0)
+        for name in ("renormalize", "router_fp32"):
+            _flag(prefix + name, getattr(self, name))
         return self
 
 
@@ -114,6 +139,9 @@ class SparseAttentionConfig:
     select_block_size l': tokens per selection block (a multiple of stride)
     top_n             n: selection blocks each query attends at full resolution
     window            w: sliding-window length, counting the query's own position
+    n_initial_blocks  selection blocks at the start of the sequence every query always keeps
+    n_local_blocks    selection blocks ending at the query's own block that it always keeps
+                      (the paper: 1 initial + 2 local, counted inside top_n)
     """
 
     block_size: int = 32
@@ -121,10 +149,21 @@ class SparseAttentionConfig:
     select_block_size: int = 64
     top_n: int = 16
     window: int = 512
+    n_initial_blocks: int = 1
+    n_local_blocks: int = 2
 
     def validate(self, prefix: str = "nsa.") -> "SparseAttentionConfig":
         for name in ("block_size", "stride", "select_block_size", "top_n", "window"):
             _positive_int(prefix + name, getattr(self, name))
+        for name in ("n_initial_blocks", "n_local_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(prefix + name, value, "must be a whole number >= 0")
+        if self.n_initial_blocks + self.n_local_blocks > self.top_n:
+            raise ConfigError(prefix + "top_n", self.top_n,
+                              f"must leave room for the n_initial_blocks={self.n_initial_blocks} + "
+                              f"n_local_blocks={self.n_local_blocks} blocks every query always keeps; "
+                              f"raise top_n or keep fewer blocks always")
         if self.stride > self.block_size:
             raise ConfigError(prefix + "stride", self.stride,
                               f"cannot exceed block_size={self.block_size}: blocks would skip tokens")
@@ -158,7 +197,7 @@ class ModelConfig:
     """
 
     vocab_size: int = 32
-    d_model: int = 5
+    d_model: int = 8                  # even, so the default RoPE head (head_dim = d_model) validates
     n_layers: int = 1
     n_heads: int = 1
     n_kv_heads: int | None = None
@@ -231,13 +270,17 @@ class ModelConfig:
             raise ConfigError("d_model", self.d_model,
                               f"is not divisible by n_heads={self.n_heads}: with head_dim unset each head gets "
                               f"d_model // n_heads dims; set head_dim explicitly or pick a divisor")
+        if self.kv_heads > self.n_heads:
+            raise ConfigError("n_kv_heads", self.kv_heads,
+                              f"cannot exceed n_heads={self.n_heads}: each key/value head serves at least one query head")
         if self.n_heads % self.kv_heads != 0:
             raise ConfigError("n_heads", self.n_heads,
                               f"is not a multiple of n_kv_heads={self.kv_heads}: each key/value head must serve "
                               f"a whole group of query heads")
-        if self.kv_heads > self.n_heads:
-            raise ConfigError("n_kv_heads", self.kv_heads, f"cannot exceed n_heads={self.n_heads}")
         if self.v_head_dims is not None:
+            if isinstance(self.v_head_dims, (str, bytes)) or not isinstance(self.v_head_dims, (tuple, list)):
+                raise ConfigError("v_head_dims", self.v_head_dims,
+                                  "must be a tuple with one value size per head, e.g. (5, 3, 3)")
             dims = tuple(self.v_head_dims)
             if len(dims) != self.n_heads:
                 raise ConfigError("v_head_dims", dims, f"needs one value size per head (n_heads={self.n_heads})")
@@ -247,15 +290,17 @@ class ModelConfig:
                 raise ConfigError("v_head_dims", dims,
                                   "unequal value sizes need one key/value head per query head (n_kv_heads == n_heads)")
         if self.position == "rope" and self.qk_dim % 2 != 0:
+            implied = "" if self.head_dim is not None else f" (implied: d_model={self.d_model} // n_heads={self.n_heads})"
             raise ConfigError("head_dim", self.qk_dim,
-                              "must be even with position='rope': RoPE rotates the q/k dimensions in pairs")
+                              f"must be even with position='rope'{implied}: RoPE rotates the q/k dimensions in pairs; "
+                              f"set an even head_dim or use position='sinusoidal' or 'none'")
         if self.position == "sinusoidal" and self.d_model % 2 != 0:
             raise ConfigError("d_model", self.d_model,
                               "must be even with position='sinusoidal': sine and cosine fill the dimensions in pairs")
-        if not isinstance(self.rope_base, (int, float)) or self.rope_base <= 1:
-            raise ConfigError("rope_base", self.rope_base, "must be a number > 1")
-        if not isinstance(self.norm_eps, (int, float)) or self.norm_eps <= 0:
-            raise ConfigError("norm_eps", self.norm_eps, "must be a small positive number")
+        _number("rope_base", self.rope_base, "must be a finite number > 1 (Llama uses 10000 or 500000)", lambda v: v > 1)
+        _number("norm_eps", self.norm_eps, "must be a small positive finite number, e.g. 1e-5", lambda v: v > 0)
+        for name in ("causal", "bias", "tie_embeddings"):
+            _flag(name, getattr(self, name))
         if self.attention == "sliding_window" and self.window is None:
             raise ConfigError("window", None, "attention='sliding_window' needs a window length")
         if self.attention == "native_sparse":
@@ -263,12 +308,21 @@ class ModelConfig:
                 raise ConfigError("nsa", None, "attention='native_sparse' needs an nsa=SparseAttentionConfig(...)")
             if not self.causal:
                 raise ConfigError("causal", self.causal, "native sparse attention is defined for causal decoders only")
+            if len(set(self.v_dims)) > 1:
+                raise ConfigError("v_head_dims", self.v_head_dims,
+                                  "native sparse attention mixes its branches head by head with one value size; "
+                                  "give every head the same value size (v_head_dim)")
         if self.nsa is not None:
+            if not isinstance(self.nsa, SparseAttentionConfig):
+                raise ConfigError("nsa", self.nsa, "must be a SparseAttentionConfig(...) or None")
             self.nsa.validate()
         if self.moe is not None:
+            if not isinstance(self.moe, MoEConfig):
+                raise ConfigError("moe", self.moe, "must be a MoEConfig(...) or None")
             self.moe.validate()
         return self
 
     def __post_init__(self):
-        if self.v_head_dims is not None and not isinstance(self.v_head_dims, tuple):
+        # A list is accepted for convenience; anything else odd is left for validate() to name.
+        if isinstance(self.v_head_dims, list):
             self.v_head_dims = tuple(self.v_head_dims)

@@ -12,10 +12,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .trace import Trace, record
 
 __all__ = ["MLP", "SwiGLU", "make_feedforward"]
+
+
+def _check(d_model, d_ff) -> None:
+    for name, value in (("d_model", d_model), ("d_ff", d_ff)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(name, value, "must be a positive whole number")
 
 
 class MLP(nn.Module):
@@ -23,6 +29,7 @@ class MLP(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, bias: bool = False, name: str = "ffn"):
         super().__init__()
+        _check(d_model, d_ff)
         self.name = name
         self.w_1 = nn.Linear(d_model, d_ff, bias=bias)
         self.w_2 = nn.Linear(d_ff, d_model, bias=bias)
@@ -43,6 +50,7 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, bias: bool = False, name: str = "ffn"):
         super().__init__()
+        _check(d_model, d_ff)
         self.name = name
         self.w_gate = nn.Linear(d_model, d_ff, bias=bias)
         self.w_up = nn.Linear(d_model, d_ff, bias=bias)

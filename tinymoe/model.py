@@ -51,7 +51,13 @@ class TinyLM(nn.Module):
         """tokens: (B, T) int64 -> LMOutput with logits (B, T, vocab_size)."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens has shape {tuple(tokens.shape)}: expected (batch, seq_len) token ids")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens has dtype {tokens.dtype}: token ids must be integers (torch.long); "
+                            f"did you pass embeddings or a float tensor?")
         B, T = tokens.shape
+        if targets is not None and tuple(targets.shape) != (B, T):
+            raise ValueError(f"targets has shape {tuple(targets.shape)}: expected the tokens' shape {(B, T)} "
+                             f"(targets[b, t] is the token that should follow tokens[b, t])")
         if T > self.config.max_seq_len:
             raise ValueError(f"seq_len={T} exceeds max_seq_len={self.config.max_seq_len}: raise max_seq_len in the config")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
@@ -86,6 +92,8 @@ class TinyLM(nn.Module):
         """Append max_new_tokens tokens: greedy at temperature 0, else sample softmax(logits / t)."""
         if temperature < 0:
             raise ValueError(f"temperature={temperature}: must be >= 0 (0 means greedy)")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a whole number >= 0")
         for _ in range(max_new_tokens):
             context = tokens[:, -self.config.max_seq_len:]                 # (B, <= max_seq_len)
             logits = self(context).logits[:, -1]                          # (B, vocab_size)

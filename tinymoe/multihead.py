@@ -47,8 +47,12 @@ class MultiHeadAttention(nn.Module):
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, seq, d_model) -> (batch, seq, d_model).
         key_padding_mask: optional (batch, seq) bool, True for real tokens."""
-        trace = trace.scope(self.name) if trace is not None else None
+        if x.dim() != 3 or x.shape[-1] != self.config.d_model:
+            raise ValueError(f"x has shape {tuple(x.shape)}: expected (batch, seq_len, d_model={self.config.d_model})")
         B, T, _ = x.shape
+        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, T):
+            raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}: expected (batch, seq_len) = {(B, T)}")
+        trace = trace.scope(self.name) if trace is not None else None
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
         record(trace, "x", x, "input")
         for w in ("W_q", "W_k", "W_v", "W_o"):

@@ -8,13 +8,22 @@ Both normalise each token's d_model vector on its own (the last axis), never acr
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .trace import Trace, record
 
 __all__ = ["LayerNorm", "RMSNorm", "make_norm"]
+
+
+def _check(d_model, eps) -> None:
+    if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
+        raise ConfigError("d_model", d_model, "must be a positive whole number")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ConfigError("eps", eps, "must be a small positive finite number, e.g. 1e-5")
 
 
 class LayerNorm(nn.Module):
@@ -22,6 +31,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, name: str = "norm"):
         super().__init__()
+        _check(d_model, eps)
         self.eps, self.name = eps, name
         self.weight = nn.Parameter(torch.ones(d_model))    # gamma
         self.bias = nn.Parameter(torch.zeros(d_model))     # beta
@@ -46,6 +56,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, name: str = "norm"):
         super().__init__()
+        _check(d_model, eps)
         self.eps, self.name = eps, name
         self.weight = nn.Parameter(torch.ones(d_model))    # gamma
 

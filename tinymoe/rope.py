@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from .config import ROPE_PAIRINGS, ConfigError
 from .trace import Trace, record
 
 __all__ = ["RotaryEmbedding", "rope_frequencies", "rotate_half", "apply_rope", "sinusoidal_positions"]
@@ -44,6 +45,8 @@ def _rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                pairing: str = "rotate_half") -> torch.Tensor:
     """Rotate x (..., seq, head_dim) by the angles whose cos/sin are (seq, head_dim)."""
+    if pairing not in ROPE_PAIRINGS:
+        raise ConfigError("pairing", pairing, f"must be one of {', '.join(map(repr, ROPE_PAIRINGS))}")
     rotated = rotate_half(x) if pairing == "rotate_half" else _rotate_interleaved(x)
     return x * cos + rotated * sin
 
@@ -54,8 +57,15 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0,
                  pairing: str = "rotate_half"):
         super().__init__()
+        for name, value in (("head_dim", head_dim), ("max_seq_len", max_seq_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(name, value, "must be a positive whole number")
         if head_dim % 2:
-            raise ValueError(f"head_dim={head_dim}: RoPE rotates dimensions in pairs, so it must be even")
+            raise ConfigError("head_dim", head_dim, "RoPE rotates dimensions in pairs, so it must be even")
+        if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 1:
+            raise ConfigError("base", base, "must be a finite number > 1")
+        if pairing not in ROPE_PAIRINGS:
+            raise ConfigError("pairing", pairing, f"must be one of {', '.join(map(repr, ROPE_PAIRINGS))}")
         self.head_dim, self.max_seq_len, self.base, self.pairing = head_dim, max_seq_len, base, pairing
         theta = rope_frequencies(head_dim, base)                           # (head_dim/2,)
         angles = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * theta[None, :]  # (T, head_dim/2)
@@ -68,15 +78,25 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor | None = None,
                 trace: Trace | None = None):
-        """Rotate q (B, H, T, head_dim) and k (B, H_kv, T, head_dim) by their positions."""
+        """Rotate q (B, H, T, head_dim) and k (B, H_kv, T, head_dim) by their positions.
+
+        positions: None (0 .. T-1), or int positions shaped (T,) or (B, T)."""
         seq_len = q.shape[-2]
+        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
+            raise ValueError(f"q has last dim {q.shape[-1]} and k {k.shape[-1]}, but this RoPE table "
+                             f"was built for head_dim={self.head_dim}")
         if positions is None:
             if seq_len > self.max_seq_len:
                 raise ValueError(f"seq_len={seq_len} exceeds max_seq_len={self.max_seq_len}: "
                                  f"raise max_seq_len in the config")
             cos, sin = self.cos[:seq_len], self.sin[:seq_len]             # (T, head_dim)
         else:
-            cos, sin = self.cos[positions], self.sin[positions]
+            if positions.numel() and (positions.min() < 0 or positions.max() >= self.max_seq_len):
+                raise ValueError(f"positions must lie in 0..{self.max_seq_len - 1} (max_seq_len); "
+                                 f"got {int(positions.min())}..{int(positions.max())}")
+            cos, sin = self.cos[positions], self.sin[positions]           # (T, head_dim) or (B, T, head_dim)
+            if positions.dim() == 2:
+                cos, sin = cos[:, None], sin[:, None]                     # (B, 1, T, head_dim): every head
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         record(trace, "rope_cos", cos, "buffer")
         record(trace, "rope_sin", sin, "buffer")

@@ -7,29 +7,42 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 
 __all__ = ["parameter_counts", "attention_parameters", "kv_cache_bytes"]
 
 
 def parameter_counts(module: nn.Module) -> dict[str, dict[str, int]]:
     """{child name: {"trainable": n, "frozen": n, "buffers": n}} plus a "total" row.
-    A tied weight is counted once, under the first child that holds it."""
+
+    A module without children gets one row, "self". A module with children gets one row per
+    child, plus "(own)" for any parameters or buffers it holds directly (e.g. the model's
+    sinusoidal position table). A tied weight (or a shared buffer) is counted once, under the
+    first row that holds it."""
     seen: set[int] = set()
-    rows: dict[str, dict[str, int]] = {}
-    children = list(module.named_children()) or [("self", module)]
-    for name, child in children:
+
+    def count(params, buffers) -> dict[str, int]:
         row = {"trainable": 0, "frozen": 0, "buffers": 0}
-        for p in child.parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            row["trainable" if p.requires_grad else "frozen"] += p.numel()
-        row["buffers"] = sum(b.numel() for b in child.buffers())
-        rows[name] = row
-    own_buffers = sum(b.numel() for n, b in module.named_buffers(recurse=False))
-    if own_buffers:
-        rows["(own buffers)"] = {"trainable": 0, "frozen": 0, "buffers": own_buffers}
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                row["trainable" if p.requires_grad else "frozen"] += p.numel()
+        for b in buffers:
+            if id(b) not in seen:
+                seen.add(id(b))
+                row["buffers"] += b.numel()
+        return row
+
+    rows: dict[str, dict[str, int]] = {}
+    children = list(module.named_children())
+    if not children:
+        rows["self"] = count(module.parameters(), module.buffers())
+    else:
+        for name, child in children:
+            rows[name] = count(child.parameters(), child.buffers())
+        own = count(module.parameters(recurse=False), module.buffers(recurse=False))
+        if any(own.values()):
+            rows["(own)"] = own
     rows["total"] = {k: sum(r[k] for r in rows.values()) for k in ("trainable", "frozen", "buffers")}
     return rows
 
@@ -52,5 +65,8 @@ def kv_cache_bytes(config: ModelConfig, seq_len: int, batch: int = 1, bytes_per_
     """Bytes to cache every layer's keys and values for `seq_len` tokens:
     n_layers * batch * seq_len * n_kv_heads * (head_dim + v_dim) * bytes_per_value."""
     config.validate()
+    for name, value in (("seq_len", seq_len), ("batch", batch), ("bytes_per_value", bytes_per_value)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(name, value, "must be a positive whole number")
     per_token = config.kv_heads * config.qk_dim + sum(config.v_dims[:: config.group_size])
     return config.n_layers * batch * seq_len * per_token * bytes_per_value

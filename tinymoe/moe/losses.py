@@ -1,0 +1,62 @@
+"""The two auxiliary losses of a routed MoE: spread the load, keep the logits small.
+
+Load-balancing loss (Switch Transformer, Fedus et al. 2021, eq. 4-6):
+
+    loss = n_experts * sum_i f_i * P_i
+    f_i  = fraction of the token-to-expert assignments that went to expert i
+    P_i  = mean router probability of expert i over the tokens
+
+f_i comes from an argmax/top-k and has no gradient; P_i does, and the product pushes the
+router's probability away from the experts that are already busy. At perfect balance
+f_i = P_i = 1 / n_experts and the loss is 1, its minimum, whatever n_experts and top_k.
+f_i counts all k slots of a token and divides by N * k (as DeepSeek-MoE and Hugging Face's
+Mixtral do): Hugging Face's Switch function counts a token once per expert and divides by N
+only, which is the same for top-1 and top_k times ours for top-k.
+
+Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5):
+
+    z_loss = mean over tokens of logsumexp(logits)^2
+
+It penalises large logits, which overflow in low precision and make the softmax brittle.
+
+Both are plain functions of the routing (no coefficient here, no global state): the MoE layer
+multiplies them by aux_loss_coef and z_loss_coef and returns them beside its output.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["load_balancing_loss", "router_z_loss", "expert_fractions"]
+
+
+def expert_fractions(expert_ids: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """f: (..., N, k) expert ids (-1 = empty slot) -> (..., n_experts) share of the N * k
+    assignments each expert received. Empty slots count in N * k but for no expert."""
+    N, k = expert_ids.shape[-2:]
+    one_hot = F.one_hot(expert_ids.clamp(min=0), n_experts)                # (..., N, k, n_experts)
+    one_hot = one_hot * (expert_ids >= 0).unsqueeze(-1)                     # empty slots count for nobody
+    return one_hot.float().sum(dim=(-3, -2)) / (N * k)                      # (..., n_experts)
+
+
+def load_balancing_loss(probs: torch.Tensor, expert_ids: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """n_experts * sum_i f_i * P_i.
+
+    probs (..., N, n_experts) router probabilities; expert_ids (..., N, k) the experts chosen
+    (pass the choice before capacity dropped anything). Leading dimensions are groups
+    (Switch balances each group, then averages); (N, n_experts) is one group of N tokens.
+    """
+    if probs.shape[-1] != n_experts:
+        raise ValueError(f"probs has {probs.shape[-1]} experts in its last dimension; n_experts={n_experts}")
+    if probs.shape[:-1] != expert_ids.shape[:-1]:
+        raise ValueError(f"probs {tuple(probs.shape)} and expert_ids {tuple(expert_ids.shape)} must agree "
+                         f"on every dimension but the last (groups..., tokens)")
+    f = expert_fractions(expert_ids, n_experts)                             # (..., n_experts)
+    P = probs.float().mean(dim=-2)                                          # (..., n_experts)
+    return (n_experts * (f * P).sum(dim=-1)).mean()                         # () averaged over groups
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """mean over tokens of logsumexp(logits)^2; logits (..., n_experts)."""
+    log_z = torch.logsumexp(logits.float(), dim=-1)                         # (...,)
+    return (log_z ** 2).mean()

@@ -1,0 +1,75 @@
+"""Sigmoid scores with a selection-only bias: load balancing without an auxiliary loss.
+
+DeepSeek-V3 (DeepSeek-AI 2024, sec. 2.1.2), after Wang et al. 2024, "Auxiliary-Loss-Free Load
+Balancing Strategy for Mixture-of-Experts":
+
+    scores     = sigmoid(x W_router^T)                  (N, n_experts), each expert scored alone
+    expert_ids = top-k of (scores + b)                   b: one bias per expert, used to CHOOSE only
+    gates      = scores[expert_ids] / their sum           the bias never enters the gates
+
+After each training step the bias moves against the load:
+
+    b_i <- b_i + gamma * sign(mean load - load_i)       (gamma = bias_update_rate)
+
+An overloaded expert's bias falls, so it wins fewer close calls; an idle one's rises. The
+balancing pressure never touches the gradient of the language-model loss, which an auxiliary
+loss does. `b` is a buffer (not trained by the optimiser) and changes only when the training
+loop calls `update_bias(expert_load)`: no hidden state moves during forward.
+
+`probs` (for the load-balancing loss, if aux_loss_coef > 0; DeepSeek-V3 keeps a tiny one) are
+the scores normalised to sum to 1 per token.
+"""
+from __future__ import annotations
+
+import torch
+
+from .capacity import apply_capacity, capacity
+from .routing import Router, Routing
+
+__all__ = ["SigmoidBiasRouter"]
+
+
+class SigmoidBiasRouter(Router):
+    """Top-k of sigmoid scores + a selection bias; gates from the unbiased scores."""
+
+    def __init__(self, d_model: int, n_experts: int, top_k: int, renormalize: bool = True,
+                 capacity_factor: float | None = None, bias_update_rate: float = 0.001,
+                 router_fp32: bool = True):
+        super().__init__(d_model, n_experts, router_fp32)
+        self.top_k, self.renormalize, self.capacity_factor = top_k, renormalize, capacity_factor
+        self.bias_update_rate = bias_update_rate
+        self.register_buffer("selection_bias", torch.zeros(n_experts))      # b, (n_experts,)
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        N, n_experts = x.shape[0], self.n_experts
+        logits = self.logits(x)                                              # (N, n_experts)
+        scores = torch.sigmoid(logits)                                       # (N, n_experts)
+        biased = scores + self.selection_bias.to(scores.dtype)               # (N, n_experts) for choosing only
+        chosen_ids = torch.topk(biased, self.top_k, dim=-1).indices          # (N, k)
+        gates = scores.gather(-1, chosen_ids)                                # (N, k) unbiased
+        if self.renormalize:
+            gates = gates / gates.sum(dim=-1, keepdim=True)                  # (N, k)
+        gates = gates.float()
+        probs = scores / scores.sum(dim=-1, keepdim=True)                    # (N, n_experts)
+        expert_ids, dropped, expert_capacity = chosen_ids, torch.zeros_like(chosen_ids, dtype=torch.bool), None
+        if self.capacity_factor is not None:
+            expert_capacity = capacity(N * self.top_k, n_experts, self.capacity_factor)
+            expert_ids, gates, dropped = apply_capacity(chosen_ids, gates, n_experts, expert_capacity)
+        return Routing(logits=logits, probs=probs, expert_ids=expert_ids, gates=gates, chosen_ids=chosen_ids,
+                       dropped=dropped, expert_load=Routing.count_load(expert_ids, n_experts),
+                       capacity=expert_capacity, extra={"selection_bias": self.selection_bias})
+
+    @torch.no_grad()
+    def update_bias(self, expert_load: torch.Tensor) -> torch.Tensor:
+        """b <- b + gamma * sign(mean(load) - load). expert_load (n_experts,): tokens per expert
+        (from the trace's `moe.expert_load`, or the layer's `last_expert_load`). Returns b."""
+        load = expert_load.float().to(self.selection_bias.device)           # (n_experts,)
+        if load.shape != self.selection_bias.shape:
+            raise ValueError(f"expert_load has shape {tuple(load.shape)}: expected ({self.n_experts},), "
+                             f"one count per expert")
+        self.selection_bias += self.bias_update_rate * torch.sign(load.mean() - load)
+        return self.selection_bias
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, top_k={self.top_k}, renormalize={self.renormalize}, "
+                f"bias_update_rate={self.bias_update_rate}")
