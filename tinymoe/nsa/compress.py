@@ -4,7 +4,7 @@ The sequence is cut into blocks of block_size = l tokens taken every stride = d 
 (d < l: neighbouring blocks overlap by l - d tokens). Block i covers positions i*d .. i*d + l - 1,
 so a sequence of T tokens has floor((T - l) / d) + 1 whole blocks (none when T < l).
 
-The paper's phi (its Eq. 7) maps a block to one token with a learned MLP and an intra-block
+The paper's phi maps a block to one token with a learned MLP and an intra-block
 position encoding. Here phi is the smallest learned map that does this, so every number fits
 on the sheet:
 

@@ -2,7 +2,7 @@
 
 Selection blocks have select_block_size = l' tokens; block j covers keys j*l' .. j*l' + l' - 1
 (the last one may be cut short by the sequence end). Which blocks matter to query t is read off
-the compressed branch, at no extra query-key cost (the paper's Eqs. 8-10):
+the compressed branch, at no extra query-key cost:
 
 1. Importance. p_t^cmp, the compressed branch's attention probabilities over its blocks, is mapped
    onto the selection blocks by their spatial relationship: compressed block i gives selection
