@@ -17,6 +17,7 @@ assignments, N * top_k, which is the Switch formula at k = 1.
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 
 import torch
@@ -29,7 +30,7 @@ def capacity(tokens: int, n_experts: int, capacity_factor: float) -> int:
     """Slots per expert: ceil(capacity_factor * tokens / n_experts), rounded UP so that a
     capacity_factor of 1.0 never leaves a token of a perfectly balanced batch without a seat."""
     for name, value in (("tokens", tokens), ("n_experts", n_experts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"{name}={value!r}: must be a whole number >= 0")
     if n_experts == 0:
         raise ValueError("n_experts=0: there must be at least one expert to hold the tokens")

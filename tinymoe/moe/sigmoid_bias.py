@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from .capacity import apply_capacity, capacity
 from .routing import Router, Routing
+from .topk import select_top_k
 
 __all__ = ["SigmoidBiasRouter"]
 
@@ -41,23 +41,13 @@ class SigmoidBiasRouter(Router):
         self.register_buffer("selection_bias", torch.zeros(n_experts))      # b, (n_experts,)
 
     def forward(self, x: torch.Tensor) -> Routing:
-        N, n_experts = x.shape[0], self.n_experts
         logits = self.logits(x)                                              # (N, n_experts)
         scores = torch.sigmoid(logits)                                       # (N, n_experts)
-        biased = scores + self.selection_bias.to(scores.dtype)               # (N, n_experts) for choosing only
-        chosen_ids = torch.topk(biased, self.top_k, dim=-1).indices          # (N, k)
-        gates = scores.gather(-1, chosen_ids)                                # (N, k) unbiased
-        if self.renormalize:
-            gates = gates / gates.sum(dim=-1, keepdim=True)                  # (N, k)
-        gates = gates.float()
-        probs = scores / scores.sum(dim=-1, keepdim=True)                    # (N, n_experts)
-        expert_ids, dropped, expert_capacity = chosen_ids, torch.zeros_like(chosen_ids, dtype=torch.bool), None
-        if self.capacity_factor is not None:
-            expert_capacity = capacity(N * self.top_k, n_experts, self.capacity_factor)
-            expert_ids, gates, dropped = apply_capacity(chosen_ids, gates, n_experts, expert_capacity)
-        return Routing(logits=logits, probs=probs, expert_ids=expert_ids, gates=gates, chosen_ids=chosen_ids,
-                       dropped=dropped, expert_load=Routing.count_load(expert_ids, n_experts),
-                       capacity=expert_capacity, extra={"selection_bias": self.selection_bias})
+        probs = scores / scores.sum(dim=-1, keepdim=True)                    # (N, n_experts) for the aux loss
+        routing = select_top_k(logits, probs, self.top_k, self.renormalize, self.capacity_factor,
+                               scores=scores, selection_bias=self.selection_bias)
+        routing.extra["selection_bias"] = self.selection_bias
+        return routing
 
     @torch.no_grad()
     def update_bias(self, expert_load: torch.Tensor) -> torch.Tensor:

@@ -30,14 +30,17 @@ __all__ = ["TopKRouter", "SwitchRouter", "NoisyTopKRouter", "select_top_k"]
 
 
 def select_top_k(logits: torch.Tensor, probs: torch.Tensor, top_k: int, renormalize: bool,
-                 capacity_factor: float | None, selection_scores: torch.Tensor | None = None) -> Routing:
-    """Top-k of `selection_scores` (default: probs), gates read from probs, then capacity.
+                 capacity_factor: float | None, scores: torch.Tensor | None = None,
+                 selection_bias: torch.Tensor | None = None) -> Routing:
+    """Top-k of scores (+ selection_bias, for choosing only), gates read from scores, then capacity.
 
-    logits, probs, selection_scores: (N, n_experts)."""
+    logits, probs, scores: (N, n_experts); scores default to probs (the softmax routers);
+    selection_bias (n_experts,) is the sigmoid_bias router's b."""
     N, n_experts = probs.shape
-    scores = probs if selection_scores is None else selection_scores
-    chosen_ids = torch.topk(scores, top_k, dim=-1).indices                  # (N, k)
-    gates = probs.gather(-1, chosen_ids)                                     # (N, k)
+    scores = probs if scores is None else scores
+    ranked = scores if selection_bias is None else scores + selection_bias.to(scores.dtype)  # (N, n_experts)
+    chosen_ids = torch.topk(ranked, top_k, dim=-1).indices                  # (N, k)
+    gates = scores.gather(-1, chosen_ids)                                    # (N, k)
     if renormalize:
         gates = gates / gates.sum(dim=-1, keepdim=True)                      # (N, k) each row sums to 1
     gates = gates.float()
