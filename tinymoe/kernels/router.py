@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["Routing", "router_kernel", "triton_route", "default_block_tokens"]
+__all__ = ["RouterOutput", "router_kernel", "triton_route", "default_block_tokens"]
 
 
 @triton.jit
@@ -102,7 +102,7 @@ def router_kernel(
 
 
 @dataclass
-class Routing:
+class RouterOutput:
     """What the router kernel produced for a batch of tokens.
 
     expert_ids    (n_tokens, top_k) int32   the chosen experts, best first
@@ -135,8 +135,8 @@ def default_block_tokens(n_tokens: int, n_experts: int, top_k: int) -> int:
 
 
 def triton_route(logits: torch.Tensor, top_k: int, *, score: str = "softmax", renormalize: bool = True,
-                 bias: torch.Tensor | None = None, block_tokens: int | None = None) -> Routing:
-    """Route every token: (n_tokens, n_experts) logits -> Routing (ids, weights, block counts).
+                 bias: torch.Tensor | None = None, block_tokens: int | None = None) -> RouterOutput:
+    """Route every token: (n_tokens, n_experts) logits -> RouterOutput (ids, weights, block counts).
 
     score        "softmax" (Mixtral, Qwen) or "sigmoid" (DeepSeek-V3)
     renormalize  make each token's k weights sum to 1
@@ -170,4 +170,4 @@ def triton_route(logits: torch.Tensor, top_k: int, *, score: str = "softmax", re
             BLOCK_TOKENS=block_tokens, BLOCK_EXPERTS=triton.next_power_of_2(n_experts),
             K_PAD=triton.next_power_of_2(top_k),
         )
-    return Routing(expert_ids, weights, block_counts, block_tokens)
+    return RouterOutput(expert_ids, weights, block_counts, block_tokens)
