@@ -31,8 +31,11 @@ def build(py_path: Path, execute: bool = True, timeout: int = 300) -> float:
     start = time.perf_counter()
     if execute:
         os.environ.setdefault("TRITON_INTERPRET", "1")     # the Triton cells run on the CPU here
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        # Widget state is not stored: a plotly FigureWidget would save the whole plotly.js bundle
+        # (~5 MB) into the notebook; the widgets come alive when the reader runs the cells.
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
                        resources={"metadata": {"path": str(py_path.parent)}}).execute()
+    nb.metadata.pop("widgets", None)
     elapsed = time.perf_counter() - start
     nbformat.write(nb, py_path.with_suffix(".ipynb"))
     return elapsed

@@ -1,0 +1,92 @@
+"""The by-hand product: weight left, input on top, result where they meet, shapes on the edges."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import tinymoe
+from tinymoe import viz
+
+
+def blocks(html: str) -> list[str]:
+    """The captions' names in the order they appear: top-right first, then left, then the result."""
+    return re.findall(r"<b style=\"font-family:[^\"]*;font-size:13px\">([^<]*)</b>", html)
+
+
+def operands():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randint(-1, 2, (3, 5), generator=g).float()
+    X = torch.randint(0, 4, (1, 6, 5), generator=g).float()
+    return W, X
+
+
+def test_by_hand_layout_puts_input_on_top_then_weight_left_then_result():
+    W, X = operands()
+    m = viz.matmul_sheet(W, X, names=("W_q", "X", "Q"))
+    assert blocks(m.html) == ["X", "W_q", "Q"], f"expected X on top, W_q left, Q where they meet; got {blocks(m.html)}"
+    assert "Q = W_q &middot; X" in m.html and "(3&times;5) &middot; (5&times;6) = (3&times;6)" in m.html
+
+
+def test_result_is_x_times_w_transposed_and_drawn_transposed_by_hand():
+    W, X = operands()
+    m = viz.matmul_sheet(W, X)
+    expected = (X[0] @ W.T).numpy()
+    np.testing.assert_allclose(m.result, expected, err_msg="the product shown is not x @ W.T")
+    labelled = re.findall(r"<tr><td[^>]*>(y\d)</td>((?:<td[^>]*>[^<]*</td>)+)</tr>", m.html)
+    q_rows = labelled[3:]                                                 # W's rows come first, then Y's
+    assert len(q_rows) == 3, f"by hand the result has one row per output feature (3), found {len(q_rows)}"
+    first_row = re.findall(r">([^<]*)</td>", q_rows[0][1])
+    assert first_row == [str(int(v)) for v in expected[:, 0]], \
+        f"by hand, result row 0 is output feature 0 across tokens: {first_row} vs {expected[:, 0]}"
+
+
+def test_pytorch_layout_has_tokens_as_rows_and_the_weight_transposed_on_top():
+    W, X = operands()
+    m = viz.matmul_sheet(W, X, names=("W_q", "X", "Q"), orientation="pytorch")
+    assert blocks(m.html) == ["W_q.T", "X", "Q"]
+    assert "tokens as rows" in m.html and "(5, 3)" in m.html, "W_q.T should be captioned with its (in, out) shape"
+    assert m.orientation == "pytorch"
+
+
+def test_a_given_result_is_drawn_as_given():
+    W, X = operands()
+    traced = torch.full((1, 6, 3), 0.25)                                  # not W X: the given numbers win
+    m = viz.matmul_sheet(W, X, result=traced)
+    np.testing.assert_allclose(m.result, traced[0].numpy())
+    assert "0.25" in m.html
+
+
+def test_result_from_the_model_matches_the_layout():
+    config = tinymoe.ModelConfig(d_model=5, n_heads=1, head_dim=3, position="none")
+    attn = tinymoe.MultiHeadAttention(config)
+    trace = tinymoe.Trace()
+    x = torch.randn(1, 6, 5)
+    attn(x, trace)
+    q = trace["attn.q"][0, 0]                                             # (T, head_dim) of the one head
+    m = viz.matmul_sheet(trace["attn.W_q"], trace["attn.x"], result=q)
+    np.testing.assert_allclose(m.result, (x[0] @ attn.W_q.weight.T).detach().numpy(), atol=1e-6)
+
+
+def test_mismatched_sizes_say_which_dimension_is_wrong():
+    with pytest.raises(ValueError, match="in-size must equal the input's last dimension"):
+        viz.matmul_sheet(torch.zeros(3, 5), torch.zeros(6, 4))
+    with pytest.raises(ValueError, match="gives"):
+        viz.matmul_sheet(torch.zeros(3, 5), torch.zeros(6, 5), result=torch.zeros(6, 4))
+    with pytest.raises(ValueError, match="one sequence"):
+        viz.matmul_sheet(torch.zeros(3, 5), torch.zeros(2, 6, 5))
+
+
+def test_big_products_are_summarised_not_tabulated():
+    m = viz.matmul_sheet(torch.randn(64, 64), torch.randn(1, 32, 64))
+    assert m.degraded and "<td style=\"border:1px" not in m.html and m.html.count("data:image/png") == 3
+
+
+def test_operand_columns_line_up_with_the_result():
+    """In the by-hand layout X's columns and Q's columns are the same tokens, so they share one width."""
+    W, X = operands()
+    html = viz.matmul_sheet(W, torch.randn(1, 6, 5)).html
+    widths = set(re.findall(r"text-align:center;width:([0-9.]+)em", html))
+    assert len(widths) == 1, f"all three grids should use one cell width so they line up, got {widths}"

@@ -1,0 +1,363 @@
+"""The explorer toolkit: sliders bound to a config that re-run the core and redraw in place.
+
+This is the notebook's answer to "insert a row in the spreadsheet": move a slider and the same
+core code runs again with the same seed; the shape line, the sheets, the heatmap and the
+shapes table update where they are (widget values and plotly data swapped in place, never an
+Output cleared and redrawn, so nothing flickers). An impossible combination (n_kv_heads that
+does not divide n_heads) shows the config's own error message in a status line and leaves the
+last good picture up; the reader never sees a traceback.
+
+Everything on screen is readable from Python, so explorers are tested without a browser:
+`.values`, `.set(...)`, `.shapes`, `.shape_label`, `.heatmap_data`, `.error`, `.table`.
+"""
+from __future__ import annotations
+
+import builtins
+import html as _html
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .heatmap import heatmap, update_heatmap
+from .html import escape, row
+from .palette import legend
+from .table import ShapesTable
+
+__all__ = ["Explorer", "View", "slider", "log_slider", "dropdown", "checkbox", "control_values"]
+
+
+@dataclass
+class View:
+    """What one build shows. Only `shapes` and `shape_label` are required.
+
+    shapes        name -> shape of the tensors this picture is about (readable as .shapes)
+    shape_label   one line of text summarising the shapes (the line a reader watches change)
+    sheets        Sheets (or any objects with .html) laid side by side
+    heatmap       a tensor or array for the heatmap (heads side by side), or None
+    heatmap_title the heatmap's title
+    heatmap_panels names of the heatmap's panels, left to right (default "head 0", "head 1", ...)
+    table         a ShapesTable of this run; the explorer marks what changed since the last picture
+    notes         a little extra HTML (parameter counts, cache bytes, a numerical check)
+    curves        {label: (x, y)} for a line chart beside the heatmap (same labels on every build)
+    curve_axes    (x title, y title) of that chart
+    """
+    shapes: dict
+    shape_label: str
+    sheets: list = field(default_factory=list)
+    heatmap: Any = None
+    heatmap_title: str = ""
+    heatmap_panels: list | None = None
+    table: ShapesTable | None = None
+    notes: str = ""
+    curves: dict | None = None
+    curve_axes: tuple = ("", "")
+
+
+# ---- controls ------------------------------------------------------------------------------------
+
+def _style():
+    return {"description_width": "initial"}
+
+
+def slider(value: int, min: int, max: int, step: int = 1, description: str | None = None):
+    """A whole-number slider (its range stretched to include `value`)."""
+    import ipywidgets as widgets
+    return widgets.IntSlider(value=value, min=builtins.min(min, value), max=builtins.max(max, value), step=step,
+                             description=description or "", continuous_update=False, style=_style(),
+                             layout=widgets.Layout(width="260px"))
+
+
+def log_slider(value: float, min_exponent: float, max_exponent: float, step: float = 0.25, base: float = 10,
+               description: str | None = None):
+    """A slider over base**exponent (for quantities like RoPE's base that span decades)."""
+    import ipywidgets as widgets
+    return widgets.FloatLogSlider(value=value, base=base, min=min_exponent, max=max_exponent, step=step,
+                                  description=description or "", continuous_update=False, style=_style(),
+                                  readout_format=",.0f", layout=widgets.Layout(width="300px"))
+
+
+def dropdown(value, options, description: str | None = None):
+    import ipywidgets as widgets
+    return widgets.Dropdown(value=value, options=list(options), description=description or "", style=_style(),
+                            layout=widgets.Layout(width="200px"))
+
+
+def checkbox(value: bool, description: str | None = None):
+    import ipywidgets as widgets
+    return widgets.Checkbox(value=value, description=description or "", indent=False, style=_style(),
+                            layout=widgets.Layout(width="110px"))
+
+
+
+def control_values(control) -> list:
+    """Every value a control can take (a slider's whole range, a dropdown's options, both booleans)."""
+    import ipywidgets as widgets
+    if isinstance(control, widgets.FloatLogSlider):
+        exponents = np.arange(control.min, control.max + control.step / 2, control.step)
+        return [float(control.base ** e) for e in exponents]
+    if isinstance(control, (widgets.IntSlider, widgets.BoundedIntText)):
+        return list(range(control.min, control.max + 1, control.step))
+    if isinstance(control, (widgets.Checkbox, widgets.ToggleButton)):
+        return [False, True]
+    if hasattr(control, "options"):
+        return [o[1] if isinstance(o, tuple) else o for o in control.options]
+    raise TypeError(f"cannot list the values of a {type(control).__name__}")
+
+
+def _within(control, value) -> str | None:
+    """Why `value` cannot be put on `control` (None if it can)."""
+    import ipywidgets as widgets
+    if isinstance(control, widgets.FloatLogSlider):
+        low, high = control.base ** control.min, control.base ** control.max
+        if not low * (1 - 1e-9) <= value <= high * (1 + 1e-9):
+            return f"outside this slider's range {low:g}..{high:g}"
+    elif isinstance(control, (widgets.IntSlider, widgets.FloatSlider)):
+        if not control.min <= value <= control.max:
+            return f"outside this slider's range {control.min}..{control.max}"
+    elif hasattr(control, "options"):
+        if value not in control_values(control):
+            return f"not one of the options {control_values(control)}"
+    return None
+
+
+# ---- the base class ------------------------------------------------------------------------------
+
+class Explorer:
+    """Controls bound to a config; every change re-runs the core and redraws in place.
+
+    Writing a new explorer (MoE, sparse attention, ...) takes two things:
+
+    1. In `__init__`, make the controls and hand them to this class:
+
+           class MoEExplorer(Explorer):
+               title = "Mixture of Experts"
+               def __init__(self, n_experts=4, top_k=2, seq_len=10, seed=0):
+                   super().__init__({"n_experts": slider(n_experts, 1, 16),
+                                     "top_k": slider(top_k, 1, 4),
+                                     "seq_len": slider(seq_len, 1, 32)}, seed=seed)
+
+       The dict's keys are the names `.values`, `.set(...)` and `build` use; a control's label
+       defaults to its key. Use `slider`, `log_slider`, `dropdown`, `checkbox` (or any ipywidgets
+       value widget).
+
+    2. Override `build(self, values) -> View`: make a ModelConfig from `values` (a dict of control
+       values), run the core (usually `traced_forward(config, "model" | "block" | "attention",
+       seq_len, seed=self.seed)`) and say what to show: shapes, a shape line, sheets, a heatmap
+       tensor, a ShapesTable, notes, curves (see View). Do no drawing and no error handling:
+       raise ConfigError (or let the core raise) for an impossible combination and the base class
+       shows the message and keeps the last good picture. Call the core for all arithmetic.
+
+    The first build happens in the constructor and must succeed (the starting values have to be
+    possible). Optional class attributes: `title`, `heatmap_size` (width, height in pixels),
+    `heatmap_max` (most rows, columns of heatmap data sent per move; see heatmap.py).
+    """
+
+    title = "Explorer"
+    heatmap_size = (440, 340)        # the figure's width and height in pixels
+    heatmap_max = (160, 360)         # most (rows, columns) sent to the browser; bigger is block-averaged
+
+    def __init__(self, controls: dict, seed: int = 0):
+        import ipywidgets as widgets
+
+        self.seed = seed
+        self.controls = dict(controls)
+        for name, control in self.controls.items():
+            if not getattr(control, "description", None):
+                control.description = name
+            control.observe(self._on_change, names="value")
+        self.error: str | None = None
+        self.view: View | None = None
+        self.table: ShapesTable | None = None
+        self.last_update_seconds = 0.0
+        self._holding = False
+
+        view = self.build(self.values)                       # the starting picture must be possible
+        self._title = widgets.HTML(f'<b style="font-size:15px">{escape(self.title)}</b>')
+        self._status = widgets.HTML("")
+        self._shape_label = widgets.HTML("")
+        self._sheets = widgets.HTML("")
+        self._notes = widgets.HTML("")
+        self._table = widgets.HTML("")
+        for w, cls in ((self._status, "tinymoe-status"), (self._shape_label, "tinymoe-shape-label"),
+                       (self._sheets, "tinymoe-sheets"), (self._table, "tinymoe-table"),
+                       (self._notes, "tinymoe-notes"), (self._title, "tinymoe-title")):
+            w.add_class(cls)
+        width, height = self.heatmap_size
+        self._heatmap = heatmap(view.heatmap if view.heatmap is not None else np.zeros((1, 1)),
+                                title=view.heatmap_title, widget=True, width=width, height=height,
+                                panel_names=view.heatmap_panels, max_size=self.heatmap_max)
+        heatmap_box = widgets.Box([self._heatmap])
+        heatmap_box.add_class("tinymoe-heatmap")
+        if view.heatmap is None:
+            heatmap_box.layout.display = "none"
+        self._curve = self._make_curve(view) if view.curves is not None else None
+        figures = [heatmap_box]
+        if self._curve is not None:
+            curve_box = widgets.Box([self._curve])
+            curve_box.add_class("tinymoe-curve")
+            figures.append(curve_box)
+        controls_box = widgets.HBox(list(self.controls.values()),
+                                    layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        controls_box.add_class("tinymoe-controls")
+        self.widget = widgets.VBox([
+            self._title, controls_box, self._status, self._shape_label, self._sheets,
+            widgets.HBox([widgets.VBox(figures), widgets.VBox([self._notes, self._table])],
+                         layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start")),
+            widgets.HTML(legend().html),
+        ])
+        self.widget.add_class("tinymoe-explorer")
+        self._show(view)
+
+    # -- for subclasses ---------------------------------------------------------------------------
+    def build(self, values: dict) -> View:
+        """Run the core for these control values and say what to show (see the class docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} must define build(values) -> View")
+
+    # -- reading ------------------------------------------------------------------------------------
+    @property
+    def values(self) -> dict:
+        """Control name -> the value it is set to now."""
+        return {name: control.value for name, control in self.controls.items()}
+
+    @property
+    def shapes(self) -> dict:
+        """name -> shape in the picture shown now (the last good one)."""
+        return dict(self.view.shapes)
+
+    @property
+    def shape_label(self) -> str:
+        """The text of the shape line on screen."""
+        return _text(self._shape_label.value)
+
+    @property
+    def status(self) -> str:
+        """The text of the status line on screen ('' when all is well)."""
+        return _text(self._status.value)
+
+    @property
+    def heatmap_data(self) -> np.ndarray:
+        """The array the heatmap figure holds now."""
+        return np.asarray(self._heatmap.data[0].z, dtype=float)
+
+    @property
+    def curve_data(self) -> dict:
+        """label -> (x, y) arrays the line chart holds now."""
+        if self._curve is None:
+            return {}
+        return {t.name: (np.asarray(t.x, dtype=float), np.asarray(t.y, dtype=float)) for t in self._curve.data}
+
+    @property
+    def sheets_html(self) -> str:
+        return self._sheets.value
+
+    @property
+    def table_html(self) -> str:
+        return self._table.value
+
+    def grid(self):
+        """(name, value) for every value of every control, one control at a time: what a test walks."""
+        for name, control in self.controls.items():
+            for value in control_values(control):
+                yield name, value
+
+    # -- moving controls ------------------------------------------------------------------------
+    def set(self, **values) -> "Explorer":
+        """Move controls from code, exactly as a reader would (then one redraw for all of them).
+        A value a control cannot hold (off a slider's range, not an option) is a ValueError."""
+        for name, value in values.items():
+            if name not in self.controls:
+                raise ValueError(f"{type(self).__name__} has no control {name!r}; controls: {', '.join(self.controls)}")
+            why = _within(self.controls[name], value)
+            if why:
+                raise ValueError(f"{name}={value!r} is {why}")
+        with self._hold():
+            for name, value in values.items():
+                self.controls[name].value = value
+        self._refresh()
+        return self
+
+    @contextmanager
+    def _hold(self):
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+
+    def _on_change(self, change) -> None:
+        if not self._holding:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Rebuild from the current values; on any error show its message and keep the picture."""
+        start = time.perf_counter()
+        try:
+            view = self.build(self.values)
+            self._show(view)
+        except Exception as exc:                              # the reader must never see a traceback
+            self._show_error(exc)
+        self.last_update_seconds = time.perf_counter() - start
+
+    # -- drawing ------------------------------------------------------------------------------------
+    def _show(self, view: View) -> None:
+        table = view.table.against(self.table) if view.table is not None and self.table is not None else view.table
+        sheets = row(*view.sheets).html if view.sheets else ""
+        if view.heatmap is not None:
+            update_heatmap(self._heatmap, view.heatmap, view.heatmap_title, view.heatmap_panels, self.heatmap_max)
+        if view.curves is not None and self._curve is not None:
+            with self._curve.batch_update():
+                for trace in self._curve.data:
+                    x, y = view.curves.get(trace.name, ((), ()))
+                    trace.x, trace.y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        self._shape_label.value = (f'<div style="font-family:monospace;font-size:13px;padding:3px 6px;'
+                                   f'background:#f4f4f4;border-radius:3px">{escape(view.shape_label)}</div>')
+        self._sheets.value = _compact(sheets)
+        self._notes.value = _compact(view.notes)
+        self._table.value = _compact(table.html) if table is not None else ""
+        self._status.value = ""
+        self.view, self.error = view, None
+        if table is not None:
+            self.table = table
+
+    def _show_error(self, exc: Exception) -> None:
+        from ..config import ConfigError
+        message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+        self.error = message
+        self._status.value = (f'<div style="color:#9b2c1f;background:#fdecea;border:1px solid #f3b8b0;'
+                              f'border-radius:3px;padding:3px 8px;font-size:13px">&#9888; {escape(message)} '
+                              f'<span style="color:#777">(still showing the last possible configuration)</span></div>')
+
+    def _make_curve(self, view: View):
+        import plotly.graph_objects as go
+        x_title, y_title = view.curve_axes
+        figure = go.FigureWidget(layout=dict(width=440, height=300, margin=dict(l=50, r=10, t=10, b=40),
+                                             xaxis=dict(title=x_title), yaxis=dict(title=y_title),
+                                             legend=dict(orientation="h", y=1.12, x=0), plot_bgcolor="white"))
+        for i, (label, (x, y)) in enumerate(view.curves.items()):   # later curves dashed: overlaps stay visible
+            figure.add_scatter(x=np.asarray(x, dtype=float), y=np.asarray(y, dtype=float), name=label,
+                               mode="lines+markers", line=dict(dash="solid" if i == 0 else "dash"),
+                               marker=dict(size=5 if i == 0 else 7, symbol="circle" if i == 0 else "circle-open"))
+        return figure
+
+    # -- notebook display -------------------------------------------------------------------------
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+    def __repr__(self) -> str:
+        state = f"error={self.error!r}" if self.error else f"shapes={len(self.view.shapes)}"
+        return f"{type(self).__name__}({self.values}, {state})"
+
+
+def _compact(markup: str) -> str:
+    """Undo the widgets' tall line height (28 px, sized for a slider) inside an HTML widget."""
+    return f'<div style="line-height:1.4">{markup}</div>' if markup else ""
+
+
+def _text(markup: str) -> str:
+    """Visible text of a bit of HTML."""
+    return _html.unescape(re.sub(r"<[^>]+>", "", markup)).strip()

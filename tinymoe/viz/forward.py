@@ -1,0 +1,74 @@
+"""Build a core module from a config with a fixed seed and run one traced forward pass.
+
+Every picture in the viz layer (a shapes table, an explorer after a slider move) comes from here:
+the same seed gives the same weights and the same input for the same config, so moving a slider
+and moving it back redraws the same numbers, and two configs are compared on equal terms.
+The global random state is left as it was (the work happens inside torch.random.fork_rng), so
+drawing a picture never changes what the reader's next cell computes.
+
+    run = traced_forward(config, module="attention", seq_len=10)
+    run.trace["attn.weights"]       # (1, n_heads, 10, 10)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..block import DecoderBlock, make_attention
+from ..config import ModelConfig
+from ..model import TinyLM
+from ..trace import Trace
+
+__all__ = ["Run", "traced_forward", "MODULES"]
+
+MODULES = ("model", "block", "attention")
+
+
+@dataclass
+class Run:
+    """One traced forward: what was built, what went in, what was recorded."""
+    config: ModelConfig
+    module_kind: str
+    module: nn.Module
+    inputs: torch.Tensor
+    trace: Trace
+    seq_len: int
+    batch: int
+    seed: int
+
+
+def build(config: ModelConfig, module: str = "model") -> nn.Module:
+    """The core module of that kind, built from the config (no seeding here)."""
+    if module == "model":
+        return TinyLM(config)
+    if module == "block":
+        return DecoderBlock(config)
+    if module == "attention":
+        return make_attention(config)                                   # dense, sliding window or native sparse
+    raise ValueError(f"module={module!r}: must be one of {', '.join(map(repr, MODULES))}")
+
+
+@torch.no_grad()
+def traced_forward(config: ModelConfig, module: str = "model", seq_len: int = 10, batch: int = 1,
+                   seed: int = 0) -> Run:
+    """Validate the config, build `module` ("model", "block" or "attention") with `seed`, feed it
+    `batch` x `seq_len` seeded inputs (token ids for the model, N(0, 1) vectors otherwise) and
+    record everything in a Trace. Raises the config's ConfigError for an impossible config."""
+    config.validate()
+    for name, value in (("seq_len", seq_len), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be a positive whole number")
+    if seq_len > config.max_seq_len:
+        raise ValueError(f"seq_len={seq_len} exceeds max_seq_len={config.max_seq_len}: raise max_seq_len in the config")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build(config, module).eval()
+        if module == "model":
+            inputs = torch.randint(0, config.vocab_size, (batch, seq_len))         # (B, T) token ids
+        else:
+            inputs = torch.randn(batch, seq_len, config.d_model)                   # (B, T, d_model)
+        trace = Trace()
+        net(inputs, trace=trace)
+    return Run(config, module, net, inputs, trace, seq_len, batch, seed)
