@@ -195,7 +195,7 @@ print("back to:", explorer.shape_label)
 # | [03 Position and RoPE](03_position_rope.ipynb) | absolute positions vs RoPE, relative position shown numerically | ready |
 # | [04 Normalisation](04_normalisation.ipynb) | LayerNorm → RMSNorm, pre-norm and the residual stream | ready |
 # | [05 Grouped-query attention](05_grouped_query_attention.ipynb) | MHA → GQA → MQA, parameters and KV-cache memory | ready |
-# | 06 MoE gating | experts, routers, top-k, capacity, load balancing | coming |
+# | [06 MoE gating](06_moe_gating.ipynb) | experts, routers, top-k, capacity and dropped tokens, load balancing, float32 routers | ready |
 # | [07 Native sparse attention](07_native_sparse_attention.ipynb) | compressed, selected and sliding-window branches | ready |
 # | 08 Putting it together | a tiny MoE language model trained on real text | coming |
 # | [09 GPU scale](09_gpu_scale.ipynb) | the Triton routing kernel, full-size figures | ready |
@@ -207,7 +207,7 @@ print("back to:", explorer.shape_label)
 #
 # ## Exercises
 #
-# The `exercises/` folder has one notebook per topic: small functions to write (the attention
+# `exercises/release/` has one notebook per topic (01-08; 08 is the Triton kernel's alignment step): small functions to write (the attention
 # weights, a safe softmax, a RoPE rotation, ...), each a stub followed by a one-line check. A check
 # runs hidden cases against the library and ends in one of three states: *not attempted* (the stub
 # still raises `NotImplementedError`), *incorrect* (it says which step failed, e.g. the output shape

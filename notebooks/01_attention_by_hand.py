@@ -117,8 +117,10 @@ print("d_k = 3, d_v = 4 -> out", tuple(out_v4.shape), "| d_k = 3, d_v = 2 -> out
 #
 # `Q Kᵀ` holds the dot product of query `i` (row) with key `j` (column): a `(10, 10)` table of how
 # well each token's question matches each token's offer. Laid out by hand it is again "left times
-# top": `Q` (one query per row) on the left, `Kᵀ` (one key per column) on top. Then every score is
-# divided by `√d_k = √3`. We compute it by hand and check the core's `attn.scores` agrees.
+# top": `Q` (one query per row) on the left, `Kᵀ` (one key per column) on top, each product where a
+# query's row meets a key's column. Both operands are computed, not trained, so neither is shaded.
+# Then every score is divided by `√d_k = √3` (right). We compute it by hand and check the core's
+# `attn.scores` agrees.
 
 # %%
 raw = q @ k.T                                                            # (10, 10): query i . key j
@@ -128,10 +130,11 @@ trace = tm.Trace().scope("attn")                                         # recor
 tm.scaled_dot_product_attention(q, k, v, trace=trace)
 torch.testing.assert_close(scores, trace["attn.scores"])
 print("scores by hand == the core's attn.scores")
-viz.row(viz.sheet(q, "Q", row_labels=[f"q{i}" for i in range(10)]),
-        viz.sheet(k, "Kᵀ", orientation="by_hand", col_labels=[f"k{j}" for j in range(10)]),
-        viz.show(trace, "attn.scores", row_labels=[f"q{i}" for i in range(10)],
-                 col_labels=[f"k{j}" for j in range(10)]))
+queries, keys = [f"q{i}" for i in range(10)], [f"k{j}" for j in range(10)]
+computed = ("activation", "activation", "activation")                    # no operand here is a weight
+viz.row(viz.matmul_sheet(k, q, result=raw, names=("K", "Q", "raw"), orientation="pytorch", roles=computed,
+                         labels=(keys, ["d0", "d1", "d2"], queries)),
+        viz.show(trace, "attn.scores", row_labels=queries, col_labels=keys))
 
 # %% [markdown]
 # ## Why divide by √d_k
@@ -206,14 +209,14 @@ print("float32 softmax:    ", exact)
 #
 # Each query's output is its weights times the values: a blend of the value vectors, mostly of the
 # tokens it attends to most. `weights (10, 10) @ V (10, 4)` gives one `d_v = 4` vector per token:
-# the output takes the **value** size, not `d_k`.
+# the output takes the **value** size, not `d_k`. Laid out the same way: the weights on the left
+# (one query per row), `V` on top (one key per row), each output where they meet.
 
 # %%
 out = weights @ v                                                        # (10, d_v) = (10, 4)
 torch.testing.assert_close(out, trace["attn.out"])
-viz.row(viz.sheet(weights, "weights", row_labels=[f"q{i}" for i in range(10)], col_labels=[f"k{j}" for j in range(10)]),
-        viz.sheet(v, "V", row_labels=[f"k{j}" for j in range(10)]),
-        viz.show(trace, "attn.out", row_labels=[f"q{i}" for i in range(10)]))
+viz.matmul_sheet(v.T, weights, result=out, names=("Vᵀ", "weights", "out"), orientation="pytorch", roles=computed,
+                 labels=([f"d{c}" for c in range(d_v)], keys, queries))
 
 # %% [markdown]
 # ## The causal mask: no peeking ahead

@@ -83,7 +83,7 @@ q_head1 = x[0] @ attn.W_q.weight[3:6].T                                  # (10, 
 torch.testing.assert_close(q_head1, trace["attn.q"][0, 1])               # attn.q is (batch, head, seq, head_dim)
 print("head 1 by hand == attn.q[:, 1]")
 viz.row(viz.show(trace, "attn.W_q", row_labels=[f"h{h}·q{i}" for h in range(3) for i in range(3)]),
-        *(viz.sheet(trace["attn.q"][0, h], f"attn.q[0, {h}]: head {h}", orientation="by_hand") for h in range(3)))
+        viz.show(trace, "attn.q", orientation="by_hand"))
 
 # %% [markdown]
 # Each head then runs the attention of notebook 01 on its own: its own scores, its own causal
@@ -92,8 +92,7 @@ viz.row(viz.show(trace, "attn.W_q", row_labels=[f"h{h}·q{i}" for h in range(3) 
 
 # %%
 queries, keys = [f"q{i}" for i in range(10)], [f"k{j}" for j in range(10)]
-viz.row(*(viz.sheet(trace["attn.weights"][0, h], f"attn.weights[0, {h}]: head {h}", row_labels=queries, col_labels=keys)
-          for h in range(3)))
+viz.show(trace, "attn.weights", row_labels=queries, col_labels=keys)
 
 # %% [markdown]
 # ## Concatenate the heads, then project back

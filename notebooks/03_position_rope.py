@@ -197,7 +197,8 @@ for distance in (2, 0, -3):
 assert table[:4, 2].unique().numel() > 1                                 # sinusoidal: m - n = 2, four values
 print("RoPE: equal distances give equal scores; sinusoidal: they do not")
 pair_labels = [f"m={m}, n={n}: m−n={m - n:+d}" for m, n in pairs]
-viz.sheet(table[:, 1:], "q_m · k_n", row_labels=pair_labels, col_labels=["RoPE", "sinusoidal"])
+viz.sheet(table[:, 1:], "q_m · k_n", row_labels=pair_labels, col_labels=["RoPE", "sinusoidal"],
+          note="rows: (query position m, key position n)")
 
 # %% [markdown]
 # With the sinusoidal table the score mixes content and absolute position (`(x + PE[m]) W_q` against
@@ -251,7 +252,8 @@ pairing_table = torch.tensor([[m - n] + [(tm.apply_rope(q8, r.cos[m], r.sin[m], 
 for distance in (2, 0, -3):
     same = pairing_table[pairing_table[:, 0] == distance]
     torch.testing.assert_close(same[:, 1:], same[:1, 1:].expand(len(same), 2))
-viz.sheet(pairing_table[:, 1:], "q_m · k_n, head_dim 8", row_labels=pair_labels, col_labels=["rotate_half", "interleaved"])
+viz.sheet(pairing_table[:, 1:], "q_m · k_n, head_dim 8", row_labels=pair_labels, col_labels=["rotate_half", "interleaved"],
+          note="rows: (query position m, key position n)")
 
 # %% [markdown]
 # They are the same rotation with the dimensions listed in a different order. Take a head in

@@ -28,7 +28,6 @@
 # %%
 import torch, tinymoe as tm
 from tinymoe import viz
-from tinymoe.viz.norm_explorer import NormExplorer
 
 torch.manual_seed(0)
 torch.set_printoptions(precision=2, sci_mode=False)
@@ -189,7 +188,7 @@ viz.sheet(rms_table, "per-token rms at each stop", col_labels=stops)
 # live controls.)
 
 # %% tags=["nbval-ignore-output"]
-NormExplorer()
+viz.NormExplorer()
 
 # %% [markdown]
 # ## At a larger size: 64 tokens of 512

@@ -111,7 +111,7 @@ slots = [f"s{s}.d{c}" for s in range(l) for c in range(3)]               # slot 
 viz.row(viz.sheet(P, "P (intra-block position)", role="weight", row_labels=["s0", "s1", "s2"],
                   col_labels=["d0", "d1", "d2"]),
         viz.sheet(flat, "blocks + P, flattened", row_labels=["block 0: t0-t2", "block 1: t3-t5", "block 2: t6-t8"],
-                  col_labels=slots))
+                  col_labels=slots, note="rows: blocks of 3 keys"))
 
 # %% [markdown]
 # ## Compression, step 2: one projection, 9 → 3, shared by every block
@@ -138,7 +138,8 @@ viz.matmul_sheet(W_phi, flat, result=k_cmp, names=("W_phi", "flattened blocks", 
 # (`attn.compress_v`). Each compressor costs 27 + 9 = 36 parameters whatever the sequence length.
 
 # %%
-viz.row(viz.show(trace, "attn.cmp.k_compressed"), viz.show(trace, "attn.cmp.v_compressed"))
+viz.row(*(viz.show(trace, f"attn.cmp.{kv}_compressed", row_labels=["c0", "c1", "c2"],
+                   note="rows: compressed blocks") for kv in "kv"))
 
 # %% [markdown]
 # ## Attention over the compressed keys: only blocks wholly in the past
@@ -182,7 +183,8 @@ block_scores = (p_cmp @ overlap).sum(0)                                  # (10, 
 torch.testing.assert_close(block_scores, trace["attn.sel.block_scores"][0, 0])
 print("block scores by hand == the core's attn.sel.block_scores")
 sel_blocks = ["b0", "b1", "b2", "b3"]
-viz.row(viz.show(trace, "attn.sel.overlap", row_labels=blocks, col_labels=sel_blocks),
+viz.row(viz.show(trace, "attn.sel.overlap", row_labels=blocks, col_labels=sel_blocks,
+                 note="rows: compressed blocks"),
         viz.sheet(block_scores, "block_scores (head 0 + head 1)", row_labels=queries, col_labels=sel_blocks))
 
 # %% [markdown]
@@ -267,7 +269,8 @@ s = torch.arange(10)[None, :]
 member = (s >= i.T * d) & (s < i.T * d + l)                              # (3 blocks, 10 tokens)
 print("compressed blocks each token feeds:", member.sum(0).tolist())
 print("windows that read each key:        ", window_mask.sum(0).tolist())
-viz.row(viz.sheet(member, "token in block (conv, stride 3)", row_labels=blocks, col_labels=keys),
+viz.row(viz.sheet(member, "token in block (conv, stride 3)", row_labels=blocks, col_labels=keys,
+                  note="rows: compressed blocks"),
         viz.sheet(window_mask, "key in window (stride 1)", row_labels=queries, col_labels=keys))
 
 # %% [markdown]

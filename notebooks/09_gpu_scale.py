@@ -85,7 +85,8 @@ print("same gates (to 1e-6):           ", torch.allclose(routing.weights, refere
 # %%
 blocks = [f"block {b} (t{4 * b}-t{min(4 * b + 3, n_tokens - 1)})" for b in range(routing.block_counts.shape[0])]
 experts = [f"e{e}" for e in range(n_experts)]
-viz.row(viz.sheet(routing.block_counts, "block_counts", row_labels=blocks, col_labels=experts),
+viz.row(viz.sheet(routing.block_counts, "block_counts", row_labels=blocks, col_labels=experts,
+                  note="rows: blocks of tokens"),
         viz.sheet(routing.expert_counts, "expert load", col_labels=experts))
 
 # %% [markdown]
@@ -106,7 +107,8 @@ alignment = K.align(routing.expert_ids, n_experts, block_m=16,
                     block_counts=routing.block_counts, block_tokens=routing.block_tokens)
 viz.row(viz.sheet(alignment.expert_counts, "expert_counts", col_labels=experts),
         viz.sheet(alignment.expert_offsets, "expert_offsets", col_labels=experts + ["end"]),
-        viz.sheet(alignment.block_starts, "block_starts", row_labels=blocks, col_labels=experts))
+        viz.sheet(alignment.block_starts, "block_starts", row_labels=blocks, col_labels=experts,
+                  note="rows: blocks of tokens"))
 
 # %% [markdown]
 # Now every pair's row is `expert_offsets[e] + block_starts[block, e] + (earlier pairs of e in
@@ -120,7 +122,7 @@ tiles = alignment.sorted_pairs.view(alignment.n_tiles, alignment.block_m)       
 tile_labels = [f"tile {t} → e{int(e)}" if e >= 0 else f"tile {t} unused" for t, e in enumerate(alignment.tile_experts)]
 pairs = torch.arange(n_tokens * top_k).view(n_tokens, top_k)
 viz.column(viz.sheet(tiles, "sorted_pairs, one tile per line", row_labels=tile_labels,
-                     col_labels=[f"+{i}" for i in range(alignment.block_m)]),
+                     col_labels=[f"+{i}" for i in range(alignment.block_m)], note="rows: tiles"),
            viz.row(viz.sheet(pairs, "pair = token * top_k + slot", col_labels=slots),
                    viz.sheet(alignment.pair_rows.view(n_tokens, top_k), "pair_rows", col_labels=slots),
                    viz.sheet(alignment.tile_experts, "tile_experts")))
@@ -155,7 +157,8 @@ used = int(alignment.expert_offsets[-1])
 pair_of, expert_of_tile = alignment.sorted_pairs.tolist(), alignment.tile_experts.tolist()
 row_labels = [f"r{r} p{pair_of[r]} e{expert_of_tile[r // alignment.block_m]}" for r in real.tolist()]
 print("padding rows are zero:", bool((hidden[:used][alignment.sorted_pairs[:used] < 0] == 0).all()))
-viz.sheet(hidden[real], "hidden = silu(x W_gate[e]^T) * (x W_up[e]^T)", row_labels=row_labels)
+viz.sheet(hidden[real], "hidden = silu(x W_gate[e]^T) * (x W_up[e]^T)", row_labels=row_labels,
+          note="rows: (token, slot) pairs by expert")
 
 # %% [markdown]
 # The second kernel multiplies by `W_down[e]^T` and, in its epilogue, scales each row by its
@@ -165,7 +168,8 @@ viz.sheet(hidden[real], "hidden = silu(x W_gate[e]^T) * (x W_up[e]^T)", row_labe
 config_down = K.tile_config(n_tokens * top_k / n_experts, d_model, d_ff, x.dtype)
 rows = K.grouped_matmul(hidden, w_down, alignment, config_down, gather_rows=False,
                         row_scales=routing.weights.reshape(-1))                     # (n_rows, d_model)
-viz.sheet(rows[real], "gate * hidden W_down[e]^T", row_labels=row_labels)
+viz.sheet(rows[real], "gate * hidden W_down[e]^T", row_labels=row_labels,
+          note="rows: (token, slot) pairs by expert")
 
 # %% [markdown]
 # ## Stage 4, combine: each token's two rows added back, in a fixed order

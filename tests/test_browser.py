@@ -10,6 +10,7 @@ happened.
 
 Needs a system Chromium (Playwright's own browser download is never used):
     apt-get install -y chromium
+The default notebook is the course's 01_attention_by_hand (its AttentionExplorer has a seq_len slider);
 TINYMOE_BROWSER_NOTEBOOK=path/to/notebook.ipynb points the test at another notebook with an explorer.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-NOTEBOOK = Path(os.environ.get("TINYMOE_BROWSER_NOTEBOOK", ROOT / "tests" / "browser" / "widget_demo.ipynb"))
+NOTEBOOK = Path(os.environ.get("TINYMOE_BROWSER_NOTEBOOK", ROOT / "notebooks" / "01_attention_by_hand.ipynb"))
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 SERVER_START_S = 120       # JupyterLab's first start builds nothing, but a busy 2-core box is slow

@@ -44,7 +44,7 @@ def test_trace_records_routing_losses_and_weights_under_the_layer_name():
     moe(torch.randn(2, 5, 8), trace)
     shapes = trace.shapes()
     expected = {
-        "router_logits": (10, 4), "router_probs": (10, 4), "expert_ids": (10, 2), "gates": (10, 2),
+        "router_logits": (10, 4), "router_probs": (10, 4), "chosen_ids": (10, 2), "expert_ids": (10, 2), "gates": (10, 2),
         "dropped": (10, 2), "dropped_tokens": (10,), "expert_load": (4,), "capacity": (),
         "load_balancing_loss": (), "z_loss": (), "W_router": (4, 8), "W_gate": (4, 12, 8), "W_up": (4, 12, 8),
         "W_down": (4, 8, 12), "out": (2, 5, 8), "shared.out": (2, 5, 8),

@@ -56,3 +56,52 @@ def test_a_live_heatmap_past_max_size_is_averaged_over_blocks():
     fig = viz.heatmap(weights, title="w", widget=True, max_size=(160, 360))
     assert "mean over" in fig.layout.title.text
     assert viz.heatmap_array(torch.rand(1, 2, 10, 10), max_size=(160, 360)).shape == (10, 21), "small stays exact"
+
+
+def test_a_stored_figure_past_the_size_is_averaged_and_stays_small():
+    """A static figure is saved in the notebook: 2 x 256 x 256 values must not become 1.4 MB of JSON."""
+    import plotly.io as pio
+    mask = (torch.rand(2, 256, 256, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    fig = viz.heatmap(mask, title="attn.sel.mask")
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (128, 2 * 128 + 1), f"2 x 2 blocks of 2 panels of 256 expected, got {z.shape}"
+    np.testing.assert_allclose(z[0, 0], mask[0, :2, :2].mean().item(), rtol=1e-6)
+    assert "mean over 2&times;2 blocks" in fig.layout.title.text, "an averaged figure must say so in its title"
+    size = len(pio.to_json(fig))
+    assert size < 300_000, f"the stored figure is {size:,} characters of JSON"
+    full = viz.heatmap(mask, title="attn.sel.mask", max_size=None)
+    assert np.asarray(full.data[0].z).shape == (256, 513) and "mean" not in full.layout.title.text, \
+        "max_size=None should keep every value"
+
+
+def test_a_stored_figure_at_a_small_size_keeps_the_exact_values():
+    weights = torch.rand(1, 8, 32, 32)
+    fig = viz.heatmap(weights, title="attn.weights")
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z, dtype=float), viz.heatmap_array(weights))
+    assert fig.layout.title.text == "attn.weights"
+    assert viz.heatmap(torch.rand(40, 64)).data[0].z.dtype == np.float64, "small figures store the values as they are"
+    untitled = viz.heatmap(torch.rand(300, 10))
+    assert untitled.layout.title.text == "mean over 2&times;2 blocks" and untitled.layout.margin.t > 10
+
+
+def test_a_widget_still_sends_everything_unless_asked():
+    fig = viz.heatmap(torch.rand(1, 2, 200, 200), widget=True)
+    assert np.asarray(fig.data[0].z).shape == (200, 401), "a widget is averaged only when given a max_size"
+
+
+def test_an_averaged_figure_keeps_the_tensors_own_row_and_column_numbers():
+    """Averaged 2 x 2, feature 100 of (64, 512) must still sit at x = 100 on the axis, not at 50."""
+    x = torch.zeros(64, 512)
+    x[:, 100] = 8.0
+    fig = viz.heatmap(x, title="x")
+    trace = fig.data[0]
+    assert (trace.x0, trace.dx, trace.y0, trace.dy) == (0.5, 2, 0.5, 2), "block j's centre is 2j + 0.5"
+    column = int(np.nanargmax(np.asarray(trace.z, dtype=float)[0]))
+    assert abs(trace.x0 + trace.dx * column - 100.5) < 1e-9, "the loud feature should be drawn at columns 100-101"
+    heads = viz.heatmap(torch.rand(2, 256, 256), panel_names=["a", "b"])
+    assert list(heads.layout.xaxis.tickvals) == [127.5, 385.5], "panel names sit at the panels' centres, in columns"
+    widget = viz.heatmap(torch.rand(1, 1, 4, 4), widget=True)
+    viz.update_heatmap(widget, torch.rand(1, 1, 400, 400), max_size=(160, 360))
+    assert widget.data[0].dx == 3 and widget.data[0].x0 == 1.0, "a live update moves the axes with the averaging"
+    viz.update_heatmap(widget, torch.rand(1, 1, 4, 4), max_size=(160, 360))
+    assert widget.data[0].dx == 1 and widget.data[0].x0 == 0.0

@@ -90,3 +90,59 @@ def test_operand_columns_line_up_with_the_result():
     html = viz.matmul_sheet(W, torch.randn(1, 6, 5)).html
     widths = set(re.findall(r"text-align:center;width:([0-9.]+)em", html))
     assert len(widths) == 1, f"all three grids should use one cell width so they line up, got {widths}"
+
+
+def fills(html: str) -> list[str]:
+    """The background of every numbered cell, in document order (top operand, left, result)."""
+    return re.findall(r'<td style="border:1px solid [^"]*?background:(#[0-9a-f]{6})">', html)
+
+
+def test_default_roles_shade_the_weight_and_the_input():
+    from tinymoe.viz.palette import ROLE_FILL
+    W, X = operands()
+    colours = fills(viz.matmul_sheet(W, X).html)
+    top, left = colours[:5 * 6], colours[5 * 6:5 * 6 + 3 * 5]
+    assert set(top) == {ROLE_FILL["input"]} and set(left) == {ROLE_FILL["weight"]}, \
+        f"by default X is shaded as the input and W as trainable; got {set(top)} and {set(left)}"
+    explicit = viz.matmul_sheet(W, X, roles=("weight", "input", "activation")).html
+    assert explicit == viz.matmul_sheet(W, X).html, "the default roles should draw exactly today's sheet"
+
+
+def test_a_product_of_two_activations_shades_nothing_as_trainable():
+    """Q Kᵀ laid out by hand in the PyTorch layout: Q left, Kᵀ on top, the scores where they meet."""
+    from tinymoe.viz.palette import ROLE_FILL
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(4, 3, generator=g), torch.randn(5, 3, generator=g)
+    scores = q @ k.T                                                     # (4 queries, 5 keys)
+    m = viz.matmul_sheet(k, q, result=scores, names=("K", "Q", "scores"), orientation="pytorch",
+                         roles=("activation", "activation", "activation"),
+                         labels=([f"k{j}" for j in range(5)], ["d0", "d1", "d2"], [f"q{i}" for i in range(4)]))
+    np.testing.assert_allclose(m.result, scores.numpy())
+    assert blocks(m.html) == ["K.T", "Q", "scores"], f"Kᵀ on top, Q left, scores between; got {blocks(m.html)}"
+    assert "trainable" not in m.html, "no operand of Q Kᵀ is a trainable parameter"
+    assert ROLE_FILL["weight"] not in fills(m.html) and ROLE_FILL["input"] not in fills(m.html), \
+        "activations take the diverging scale, not the weight's or the input's shade"
+    assert "Q left, K.T on top" in m.html and "input left, weight" not in m.html, \
+        "the layout line should name the operands, not call them input and weight"
+    assert ">q3<" in m.html and ">k4<" in m.html, "the given labels should name the queries and the keys"
+
+
+def test_roles_and_labels_that_do_not_fit_are_refused():
+    W, X = operands()
+    with pytest.raises(ValueError, match="three roles"):
+        viz.matmul_sheet(W, X, roles=("weight", "input"))
+    with pytest.raises(ValueError, match="'parameter'"):
+        viz.matmul_sheet(W, X, roles=("parameter", "input", "activation"))
+    with pytest.raises(ValueError, match="seq_len=6"):
+        viz.matmul_sheet(W, X, labels=(["a", "b", "c"], list("vwxyz"), ["t0"]))
+
+
+def test_a_transposed_operand_on_top_is_named_without_a_double_transpose():
+    """weights · V in the PyTorch layout: pass Vᵀ as the (out, in) operand and V is drawn, and named, on top."""
+    g = torch.Generator().manual_seed(2)
+    weights, v = torch.softmax(torch.randn(4, 4, generator=g), dim=-1), torch.randn(4, 2, generator=g)
+    m = viz.matmul_sheet(v.T, weights, result=weights @ v, names=("Vᵀ", "weights", "out"), orientation="pytorch",
+                         roles=("activation", "activation", "activation"))
+    assert blocks(m.html) == ["V", "weights", "out"], f"(Vᵀ)ᵀ is V; got {blocks(m.html)}"
+    assert "out = weights &middot; V</b>" in m.html and "(4&times;4) &middot; (4&times;2) = (4&times;2)" in m.html
+    assert blocks(viz.matmul_sheet(torch.zeros(3, 5), torch.zeros(6, 5), orientation="pytorch").html)[0] == "W.T"

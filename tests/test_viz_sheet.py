@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -225,3 +226,62 @@ def test_non_finite_values_are_written_out():
 def test_scalar_is_one_cell():
     s = viz.sheet(torch.tensor(3.5), "loss")
     assert [t for t, _ in data_cells(s.html)] == ["3.50"] and s.shape == ()
+
+
+def test_a_caption_note_replaces_the_orientation_text():
+    pairs = torch.tensor([[1.0, 0.5], [0.25, 0.75]])
+    default = viz.sheet(pairs, "x", role="input")
+    assert "tokens as rows (PyTorch)" in default.html, "the automatic note should stay when none is given"
+    s = viz.sheet(pairs, "q_m · k_n", note="rows: (m, n) pairs")
+    assert "rows: (m, n) pairs" in s.html and "tokens as" not in s.html, "the given note should replace the automatic one"
+    assert "tokens as" not in viz.sheet(torch.zeros(1, 3, 2), "x", note="").html, 'note="" should show no note'
+    assert "&lt;b&gt;" in viz.sheet(torch.zeros(2, 2), "x", note="<b>").html, "a note is text, escaped like a name"
+    trace = tinymoe.Trace()
+    tinymoe.MultiHeadAttention(tinymoe.ModelConfig(d_model=4, n_heads=2))(torch.randn(1, 3, 4), trace)
+    assert "one row per token" in viz.show(trace, "attn.x", note="one row per token").html, "show() passes the note on"
+
+
+@pytest.mark.parametrize("shape", [(10, 0), (0,), (0, 5), (1, 2, 0, 3)])
+def test_an_empty_tensor_gets_its_caption_and_a_note_instead_of_cells(shape):
+    s = viz.sheet(torch.zeros(shape), "attn.empty")
+    text = "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    assert s.shape == shape and text in s.html, f"the caption should give the shape {text}"
+    assert "empty tensor" in s.html and "size 0" in s.html, "the sheet should say why nothing is drawn"
+    assert s.cells == 0 and not data_cells(s.html) and not s.degraded
+    assert "empty" in repr(s)
+    assert_static_html(s.html)
+
+
+def test_heads_sit_in_a_wrapping_row_and_a_single_grid_does_not():
+    trace = tinymoe.Trace()
+    tinymoe.MultiHeadAttention(tinymoe.ModelConfig(d_model=6, n_heads=3, head_dim=2))(torch.randn(1, 10, 6), trace)
+    heads = viz.show(trace, "attn.weights")
+    assert "display:flex;flex-wrap:wrap" in heads.html, "the head panels should be allowed to wrap onto further lines"
+    assert heads.html.count("flex:none") == 3, "each head should be one unbreakable item of the wrapping row"
+    assert_static_html(heads.html)
+    single = viz.sheet(torch.zeros(3, 4), "x")
+    assert "flex" not in single.html and "white-space:nowrap" in single.html, "a single grid keeps its plain layout"
+
+
+def test_three_heads_of_ten_by_ten_stay_inside_a_1000px_page():
+    """Laid out by a real browser (headless Chromium): no grid passes the right edge of a 1000 px page."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if chromium is None:
+        pytest.skip("needs a system Chromium: apt-get install -y chromium")
+    trace = tinymoe.Trace()
+    tinymoe.MultiHeadAttention(tinymoe.ModelConfig(d_model=6, n_heads=3, head_dim=2))(torch.randn(1, 10, 6), trace)
+    labels = dict(row_labels=[f"q{i}" for i in range(10)], col_labels=[f"k{j}" for j in range(10)])
+    html = viz.row(viz.show(trace, "attn.weights", **labels), viz.show(trace, "attn.scores", **labels)).html
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.set_content(f'<body style="margin:0"><div style="width:1000px">{html}</div></body>')
+            rights = page.eval_on_selector_all("table", "ts => ts.map(t => t.getBoundingClientRect().right)")
+            tops = page.eval_on_selector_all("table", "ts => ts.map(t => t.getBoundingClientRect().top)")
+        finally:
+            browser.close()
+    assert len(rights) == 6, f"expected 6 grids (3 heads, 2 sheets), found {len(rights)}"
+    assert max(rights) <= 1000, f"a grid runs off a 1000 px page: right edges {[round(r) for r in rights]}"
+    assert len({round(t) for t in tops}) > 2, "three 10 x 10 heads cannot share one line at 1000 px: they should wrap"

@@ -273,3 +273,10 @@ def test_a_subclass_without_build_says_what_to_write():
         pass
     with pytest.raises(NotImplementedError, match="build"):
         Empty({"n": viz.slider(1, 1, 2)})
+
+
+def test_every_explorer_is_exported_from_viz():
+    from tinymoe.viz.norm_explorer import NormExplorer
+    assert viz.NormExplorer is NormExplorer and "NormExplorer" in viz.__all__, "notebook 04 uses viz.NormExplorer()"
+    for name in ("AttentionExplorer", "RopeExplorer", "GQAExplorer", "NormExplorer", "NSAExplorer", "MoEExplorer"):
+        assert name in viz.__all__ and name in viz.__doc__, f"{name} should be exported and listed in the docstring"

@@ -20,7 +20,7 @@ import torch
 from .trace import Trace, record
 
 __all__ = ["safe_softmax", "naive_softmax", "causal_mask", "padding_mask", "sliding_window_mask",
-           "attention_weights", "scaled_dot_product_attention"]
+           "attention_weights", "scaled_dot_product_attention", "check_attention_input"]
 
 
 def naive_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -109,3 +109,13 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     out = weights @ v                                           # (..., T_q, d_v)
     record(trace, "out", out)
     return out, weights
+
+
+def check_attention_input(x: torch.Tensor, d_model: int, key_padding_mask: torch.Tensor | None = None) -> None:
+    """The input rules every attention module shares: x is (batch, seq_len, d_model), and a
+    padding mask, if any, is (batch, seq_len). A clear ValueError instead of a matmul shape error."""
+    if x.dim() != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"x has shape {tuple(x.shape)}: expected (batch, seq_len, d_model={d_model})")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}: "
+                         f"expected (batch, seq_len) = {tuple(x.shape[:2])}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import attention_weights, causal_mask, sliding_window_mask
+from .attention import attention_weights, check_attention_input, causal_mask, sliding_window_mask
 from .config import ModelConfig
 from .rope import RotaryEmbedding
 from .trace import Trace, record
@@ -47,11 +47,8 @@ class MultiHeadAttention(nn.Module):
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, seq, d_model) -> (batch, seq, d_model).
         key_padding_mask: optional (batch, seq) bool, True for real tokens."""
-        if x.dim() != 3 or x.shape[-1] != self.config.d_model:
-            raise ValueError(f"x has shape {tuple(x.shape)}: expected (batch, seq_len, d_model={self.config.d_model})")
+        check_attention_input(x, self.config.d_model, key_padding_mask)
         B, T, _ = x.shape
-        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, T):
-            raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}: expected (batch, seq_len) = {(B, T)}")
         trace = trace.scope(self.name) if trace is not None else None
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
         record(trace, "x", x, "input")

@@ -45,7 +45,7 @@ def top_k_gating(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[t
         gates = gates / gates.sum(dim=-1, keepdim=True)
     return expert_ids, gates
     ### END SOLUTION
-    raise NotImplementedError("see notebooks/06_moe_gating.ipynb, section: Top-k routing")
+    raise NotImplementedError("see notebooks/06_moe_gating.ipynb, section: Keep only the top-k gates: the layer becomes sparse")
 
 
 # %%
@@ -67,7 +67,7 @@ def expert_capacity(tokens: int, n_experts: int, capacity_factor: float) -> int:
     ### BEGIN SOLUTION
     return math.ceil(capacity_factor * tokens / n_experts)
     ### END SOLUTION
-    raise NotImplementedError("see notebooks/06_moe_gating.ipynb, section: Capacity and dropped tokens")
+    raise NotImplementedError("see notebooks/06_moe_gating.ipynb, section: Switch: top-1, and a capacity per expert")
 
 
 # %%
@@ -99,7 +99,7 @@ def switch_moe(x: torch.Tensor, logits: torch.Tensor, experts: list, capacity_fa
             out[tokens] = gate[tokens, None] * experts[e](x[tokens])
     return out
     ### END SOLUTION
-    raise NotImplementedError("see notebooks/06_moe_gating.ipynb, section: Capacity and dropped tokens")
+    raise NotImplementedError("see notebooks/06_moe_gating.ipynb, section: Switch: top-1, and a capacity per expert")
 
 
 # %%

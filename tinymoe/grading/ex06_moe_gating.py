@@ -73,7 +73,7 @@ def _wrong_gating(renorm: str = "as_asked", gates_from: str = "probs", dim: int 
 
 TOP_K_GATING = Question(
     "top_k_gating", "softmax top-k gates, renormalised on request", gating_cases,
-    section=f"{NOTEBOOK}, section: Top-k routing",
+    section=f"{NOTEBOOK}, section: Keep only the top-k gates: the layer becomes sparse",
     properties=[Property("gates are shares", _gates_shares)],
     misconceptions=[
         Misconception("topk_not_renormalised",
@@ -123,7 +123,7 @@ def _enough_for_balance(case, got, call):
 
 EXPERT_CAPACITY = Question(
     "expert_capacity", "slots per expert: ceil(capacity_factor * tokens / n_experts)", capacity_cases,
-    section=f"{NOTEBOOK}, section: Capacity and dropped tokens",
+    section=f"{NOTEBOOK}, section: Switch: top-1, and a capacity per expert",
     properties=[Property("enough for a balanced batch", _enough_for_balance)],
     misconceptions=[
         Misconception("capacity_rounded_down",
@@ -218,7 +218,7 @@ def _wrong_switch(round_down=False, dropped="zero", keep="earliest", renormalize
 
 SWITCH_MOE = Question(
     "switch_moe", "a Switch (top-1) MoE layer with expert capacity and dropped tokens", switch_cases,
-    section=f"{NOTEBOOK}, section: Capacity and dropped tokens",
+    section=f"{NOTEBOOK}, section: Switch: top-1, and a capacity per expert",
     properties=[Property("within capacity", _within_capacity)],
     misconceptions=[
         Misconception("capacity_rounded_down",

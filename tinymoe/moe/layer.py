@@ -139,7 +139,8 @@ class MoE(nn.Module):
             return
         record(trace, "router_logits", routing.logits)
         record(trace, "router_probs", routing.probs)
-        record(trace, "expert_ids", routing.expert_ids)
+        record(trace, "chosen_ids", routing.chosen_ids)          # the router's choice, before capacity
+        record(trace, "expert_ids", routing.expert_ids)          # what was kept (-1: dropped)
         record(trace, "gates", routing.gates)
         record(trace, "dropped", routing.dropped)
         record(trace, "dropped_tokens", routing.dropped_tokens)

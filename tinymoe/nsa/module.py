@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..attention import attention_weights
+from ..attention import attention_weights, check_attention_input
 from ..config import ConfigError, ModelConfig
 from ..rope import RotaryEmbedding
 from ..trace import Trace, record
@@ -120,12 +120,8 @@ class NativeSparseAttention(nn.Module):
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, seq, d_model) -> (batch, seq, d_model).
         key_padding_mask: optional (batch, seq) bool, True for real tokens."""
-        if x.dim() != 3 or x.shape[-1] != self.config.d_model:
-            raise ValueError(f"x has shape {tuple(x.shape)}: expected (batch, seq_len, d_model={self.config.d_model})")
+        check_attention_input(x, self.config.d_model, key_padding_mask)
         B, T, _ = x.shape
-        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, T):
-            raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}: "
-                             f"expected (batch, seq_len) = {(B, T)}")
         trace = trace.scope(self.name) if trace is not None else None
         nsa, H, H_kv = self.nsa, self.n_heads, self.n_kv_heads
         real = None if key_padding_mask is None else key_padding_mask.bool()  # (B, T): True = real token

@@ -8,13 +8,15 @@ preview on a code-hosting site):
     sheet(tensor, name, role, ...)      a tensor as a grid of cells (a picture when too big)
     show(trace, name)                   the sheet of one trace record, coloured by its role
     matmul_sheet(W, X)                  a product laid out by hand: W left, X on top, Y where they meet
+                                        (roles= for a product of two activations, e.g. Q Kᵀ)
     walk(trace)                         a whole forward pass as a sequence of sheets
     shapes_table(config, previous=...)  every tensor's shape and module's parameters; what changed
     legend()                            what the colours mean
 Interactive (plotly, ipywidgets):
-    heatmap(tensor)                     a plotly heatmap (FigureWidget with widget=True)
+    heatmap(tensor)                     a plotly heatmap (FigureWidget with widget=True); block-averaged
+                                        past (160, 360) values so a stored notebook stays small
     Explorer, View                      the toolkit: controls -> config -> core -> in-place redraw
-    AttentionExplorer, RopeExplorer, GQAExplorer, NSAExplorer, MoEExplorer
+    AttentionExplorer, RopeExplorer, GQAExplorer, NormExplorer, NSAExplorer, MoEExplorer
 """
 from .explorer import Explorer, View, checkbox, control_values, dropdown, log_slider, slider
 from .explorers import AttentionExplorer, GQAExplorer, RopeExplorer
@@ -23,6 +25,7 @@ from .heatmap import heatmap, heatmap_array, update_heatmap
 from .html import Html, column, row
 from .matmul import MatmulSheet, matmul_sheet
 from .moe_explorer import MoEExplorer
+from .norm_explorer import NormExplorer
 from .nsa_explorer import NSAExplorer
 from .palette import legend
 from .sheet import Sheet, sheet, show
@@ -32,4 +35,4 @@ from .walk import walk
 __all__ = ["sheet", "show", "Sheet", "matmul_sheet", "MatmulSheet", "walk", "shapes_table", "ShapesTable",
            "ShapeRow", "legend", "heatmap", "heatmap_array", "update_heatmap", "Explorer", "View", "slider",
            "log_slider", "dropdown", "checkbox", "control_values", "AttentionExplorer", "RopeExplorer",
-           "GQAExplorer", "NSAExplorer", "MoEExplorer", "traced_forward", "Run", "Html", "row", "column"]
+           "GQAExplorer", "NormExplorer", "NSAExplorer", "MoEExplorer", "traced_forward", "Run", "Html", "row", "column"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .heatmap import heatmap, update_heatmap
+from .heatmap import MAX_SIZE, heatmap, update_heatmap
 from .html import escape, row
 from .palette import legend
 from .table import ShapesTable
@@ -158,7 +158,7 @@ class Explorer:
 
     title = "Explorer"
     heatmap_size = (440, 340)        # the figure's width and height in pixels
-    heatmap_max = (160, 360)         # most (rows, columns) sent to the browser; bigger is block-averaged
+    heatmap_max = MAX_SIZE           # most (rows, columns) sent to the browser, (160, 360); bigger is block-averaged
 
     def __init__(self, controls: dict, seed: int = 0):
         import ipywidgets as widgets

@@ -65,10 +65,15 @@ def traced_forward(config: ModelConfig, module: str = "model", seq_len: int = 10
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build(config, module).eval()
-        if module == "model":
-            inputs = torch.randint(0, config.vocab_size, (batch, seq_len))         # (B, T) token ids
-        else:
-            inputs = torch.randn(batch, seq_len, config.d_model)                   # (B, T, d_model)
+    # The inputs come from their own generator, drawn for the longest sequence and cut to seq_len:
+    # adding a token (or a head, which draws more weights) leaves the earlier tokens' numbers alone.
+    g = torch.Generator().manual_seed(seed + 1)
+    if module == "model":
+        inputs = torch.randint(0, config.vocab_size, (batch, config.max_seq_len), generator=g)[:, :seq_len]  # (B, T)
+    else:
+        inputs = torch.randn(batch, config.max_seq_len, config.d_model, generator=g)[:, :seq_len]  # (B, T, d_model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         trace = Trace()
         net(inputs, trace=trace)
     return Run(config, module, net, inputs, trace, seq_len, batch, seed)

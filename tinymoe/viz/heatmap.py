@@ -9,8 +9,13 @@ the data of a single trace in place when a slider moves (no new figure, no flick
 A live widget sends its data to the browser as JSON on every move. A figure a few hundred pixels
 wide cannot show more values than it has pixels, so a widget can ask for a `max_size`
 (rows, columns): bigger panels are then averaged over square blocks of f x f values (the title
-says so). Eight heads of 128 x 128 become eight panels of 32 x 32: the same picture, 16 times
-less to send.
+says so, and the axes keep the tensor's own row and column numbers). Eight heads of 128 x 128
+become eight panels of 32 x 32: the same picture, 16 times less to send.
+
+A static figure is stored in the notebook, so the same holds there: past MAX_SIZE (the
+size the explorers' widgets send) it is block-averaged too, its title says so, and the averaged
+values are stored as float32 (the precision the tensors have). Below that size a static figure
+holds the exact values. Pass max_size=None to store every value anyway.
 
 plotly is imported only when a heatmap is asked for, so sheets work without it.
 """
@@ -23,7 +28,9 @@ import numpy as np
 from .palette import PLOTLY_SCALE
 from .sheet import as_numpy
 
-__all__ = ["heatmap", "heatmap_array", "panel_ticks", "pooling_factor", "update_heatmap"]
+__all__ = ["heatmap", "heatmap_array", "panel_ticks", "pooling_factor", "update_heatmap", "MAX_SIZE"]
+
+MAX_SIZE = (160, 360)     # most (rows, columns) a static figure stores and an explorer sends
 
 
 def _panels(tensor) -> np.ndarray:
@@ -123,26 +130,49 @@ def _limit(z: np.ndarray) -> float:
     return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
 
 
+def _axes(factor: int) -> dict:
+    """Where the averaged cells sit, in the tensor's own row and column numbers: block j spans
+    columns j*f .. j*f + f-1, so its centre is j*f + (f-1)/2 (the axes and the hover text then
+    read "feature 100", not "block 50")."""
+    offset = (factor - 1) / 2
+    return dict(x0=offset, dx=factor, y0=offset, dy=factor)
+
+
+def _ticks_at(tickvals, factor: int):
+    """Panel centres (in averaged cells) moved to the tensor's own column numbers."""
+    return None if tickvals is None else [(factor - 1) / 2 + factor * v for v in tickvals]
+
+
 def _titled(title: str | None, factor: int) -> str:
     title = title or ""
-    return title + (f" (mean over {factor}&times;{factor} blocks)" if factor > 1 else "")
+    if factor == 1:
+        return title
+    return f"{title} (mean over {factor}&times;{factor} blocks)" if title else f"mean over {factor}&times;{factor} blocks"
 
 
 def heatmap(tensor, title: str | None = None, widget: bool = False, width: int = 440, height: int = 340,
-            x_title: str = "", y_title: str = "", panel_names=None, max_size: tuple[int, int] | None = None):
+            x_title: str = "", y_title: str = "", panel_names=None, max_size: tuple[int, int] | None | str = "auto"):
     """A plotly go.Figure (or go.FigureWidget with widget=True) of `tensor`; row 0 on top, like a sheet.
     Heads (or other leading axes) are panels side by side, named on the x axis by `panel_names`.
-    max_size (rows, cols): average over blocks past this size (see the module docstring)."""
+    max_size (rows, cols): average over blocks past this size (see the module docstring);
+    "auto": MAX_SIZE for a static figure, no averaging for a widget; None: never."""
     import plotly.graph_objects as go
 
+    if isinstance(max_size, str):
+        if max_size != "auto":
+            raise ValueError(f"max_size={max_size!r}: give (rows, columns), None or 'auto'")
+        max_size = None if widget else MAX_SIZE
     factor = pooling_factor(tensor, max_size)
     z = heatmap_array(tensor, max_size)
     tickvals, ticktext = panel_ticks(tensor, panel_names, factor)
     limit = _limit(z)
-    trace = go.Heatmap(z=_json_safe(z) if widget else z, colorscale=PLOTLY_SCALE, zmid=0, zmin=-limit, zmax=limit,
-                       hoverongaps=False, colorbar=dict(thickness=10, len=0.9))
-    layout = dict(title=dict(text=_titled(title, factor), font=dict(size=13), x=0.02), width=width, height=height,
-                  margin=dict(l=40, r=10, t=34 if title else 10, b=30),
+    stored = z.astype(np.float32) if factor > 1 else z                  # averaged: float32 is plenty
+    trace = go.Heatmap(z=_json_safe(z) if widget else stored, colorscale=PLOTLY_SCALE, zmid=0, zmin=-limit, zmax=limit,
+                       hoverongaps=False, colorbar=dict(thickness=10, len=0.9), **(_axes(factor) if factor > 1 else {}))
+    tickvals = _ticks_at(tickvals, factor)
+    text = _titled(title, factor)
+    layout = dict(title=dict(text=text, font=dict(size=13), x=0.02), width=width, height=height,
+                  margin=dict(l=40, r=10, t=34 if text else 10, b=30),
                   yaxis=dict(autorange="reversed", title=y_title),
                   xaxis=dict(title=x_title, side="bottom", tickvals=tickvals, ticktext=ticktext),
                   plot_bgcolor="white")
@@ -157,8 +187,10 @@ def update_heatmap(figure, tensor, title: str | None = None, panel_names=None,
     z = heatmap_array(tensor, max_size)
     limit = _limit(z)
     tickvals, ticktext = panel_ticks(tensor, panel_names, factor)
+    tickvals = _ticks_at(tickvals, factor)
     with figure.batch_update():
         figure.data[0].z = _json_safe(z)
+        figure.data[0].update(_axes(factor))
         figure.data[0].zmin, figure.data[0].zmax = -limit, limit
         figure.layout.xaxis.tickvals, figure.layout.xaxis.ticktext = tickvals, ticktext
         if title is not None:

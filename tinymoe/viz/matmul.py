@@ -8,6 +8,13 @@ Both are the same numbers: the by-hand Y is the PyTorch Y transposed. In either 
 result cell sits at the crossing of the row and the column whose dot product it is, which is the
 whole point: the reader can check one cell with a finger on each operand. Shapes sit on the edges
 (each operand's caption) and in the equation line above.
+
+The same layout draws a product of two activations; `roles` says so, and nothing is shaded as
+trainable that is not (pytorch layout, all three roles "activation"):
+
+    scores = Q K^T        matmul_sheet(K, Q, result=scores)       Q left, K.T on top
+    out = weights V       matmul_sheet(V.T, weights, result=out)  weights left, V on top
+                          (name the first operand "Vᵀ": its transpose on top is captioned "V")
 """
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ import numpy as np
 import torch
 
 from .html import Html, escape
-from .sheet import MONO, as_numpy, cell_width_for, format_values, render, render_summary
+from .sheet import MONO, ROLES, as_numpy, cell_width_for, format_values, render, render_summary
 
 __all__ = ["matmul_sheet", "MatmulSheet"]
 
@@ -41,13 +48,23 @@ def _one_sequence(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+def _transposed(name: str, caption: bool) -> str:
+    """The name of the transpose: "W_q" -> "W_q.T" (caption) or "W_q<sup>T</sup>" (equation); a name
+    that already says transposed ("Vᵀ", "V.T") loses the mark instead, since (Vᵀ)ᵀ = V."""
+    for mark in ("ᵀ", ".T"):
+        if name.endswith(mark) and len(name) > len(mark):
+            return name[:-len(mark)]
+    return f"{name}.T" if caption else f"{name}<sup>T</sup>"
+
+
 def _prefix(name: str) -> str:
     letters = [c for c in name if c.isalpha()]
     return letters[0].lower() if letters else "y"
 
 
 def matmul_sheet(weight, x, result=None, names=("W", "X", "Y"), orientation: str = "by_hand",
-                 decimals: int = 2, max_cells: int = 600) -> MatmulSheet:
+                 decimals: int = 2, max_cells: int = 600, roles=("weight", "input", "activation"),
+                 labels=None) -> MatmulSheet:
     """Lay out Y = W X (by_hand) or Y = X W^T (pytorch) with every number visible.
 
     weight  (out, in), as nn.Linear stores it
@@ -55,10 +72,22 @@ def matmul_sheet(weight, x, result=None, names=("W", "X", "Y"), orientation: str
     result  the product, (seq_len, out) or (1, seq_len, out); computed here if None (the plain
             matmul being illustrated: pass the traced output to show what the model computed)
     names   the three captions (weight, input, result), e.g. ("W_q", "X", "Q")
+    roles   the colour roles of the same three (by hand: the left operand, the top operand and
+            the result). For a product of two activations, e.g. Q K^T:
+                matmul_sheet(k, q, result=scores, names=("K", "Q", "scores"),
+                             roles=("activation",) * 3, orientation="pytorch")
+    labels  (out, in, seq_len) labels: the weight's rows, the shared dimension, the input's rows;
+            default y0.. (the result's initial), d0.., t0..
     """
     if orientation not in ("by_hand", "pytorch"):
         raise ValueError(f"orientation={orientation!r}: must be 'by_hand' or 'pytorch'")
     w_name, x_name, y_name = names
+    roles = tuple(roles)
+    bad = [r for r in roles if r not in ROLES]
+    if len(roles) != 3 or bad:
+        raise ValueError(f"roles={roles!r}: give three roles (weight, input, result), each one of "
+                         f"{', '.join(map(repr, ROLES))}")
+    w_role, x_role, y_role = roles
     w = as_numpy(weight).astype(np.float64)
     if w.ndim != 2:
         raise ValueError(f"{w_name} has shape {w.shape}: a weight is a matrix (out, in)")
@@ -78,23 +107,31 @@ def matmul_sheet(weight, x, result=None, names=("W", "X", "Y"), orientation: str
                              f"{xs.shape} gives {(xs.shape[0], w.shape[0])}")
     T, d_in = xs.shape
     d_out = w.shape[0]
-    tokens = [f"t{i}" for i in range(T)]
-    features = [f"d{i}" for i in range(d_in)]
-    outs = [f"{_prefix(y_name)}{i}" for i in range(d_out)]
+    if labels is None:
+        outs, features, tokens = ([f"{_prefix(y_name)}{i}" for i in range(d_out)], [f"d{i}" for i in range(d_in)],
+                                  [f"t{i}" for i in range(T)])
+    else:
+        outs, features, tokens = (list(map(str, part)) for part in labels)
+        if (len(outs), len(features), len(tokens)) != (d_out, d_in, T):
+            raise ValueError(f"labels: got {len(outs)}, {len(features)} and {len(tokens)} labels for "
+                             f"out={d_out}, in={d_in} and seq_len={T} ({w_name} {w.shape}, {x_name} {xs.shape})")
 
+    plain = (w_role, x_role) == ("weight", "input")          # the default words, or the operands' names
     if orientation == "by_hand":
-        left = (w, w_name, "weight", tuple(w.shape), outs, features, "")
-        top = (xs.T, x_name, "input", x_stored, features, tokens, "tokens as columns")
-        prod = (y.T, y_name, "activation", y_stored, outs, tokens, "tokens as columns")
+        left = (w, w_name, w_role, tuple(w.shape), outs, features, "")
+        top = (xs.T, x_name, x_role, x_stored, features, tokens, "tokens as columns")
+        prod = (y.T, y_name, y_role, y_stored, outs, tokens, "tokens as columns")
         equation = f"{y_name} = {w_name} &middot; {x_name}"
-        how = "by-hand layout: weight left, input on top, result where they meet"
+        how = (f"by-hand layout: {w_name} left, {x_name} on top, result where they meet" if not plain
+               else "by-hand layout: weight left, input on top, result where they meet")
         dims = f"({d_out}&times;{d_in}) &middot; ({d_in}&times;{T}) = ({d_out}&times;{T})"
     else:
-        left = (xs, x_name, "input", x_stored, tokens, features, "tokens as rows")
-        top = (w.T, f"{w_name}.T", "weight", tuple(w.T.shape), features, outs, "")
-        prod = (y, y_name, "activation", y_stored, tokens, outs, "tokens as rows")
-        equation = f"{y_name} = {x_name} &middot; {w_name}<sup>T</sup>"
-        how = "PyTorch layout: tokens as rows, input left, weight transposed on top"
+        left = (xs, x_name, x_role, x_stored, tokens, features, "tokens as rows")
+        top = (w.T, _transposed(w_name, caption=True), w_role, tuple(w.T.shape), features, outs, "")
+        prod = (y, y_name, y_role, y_stored, tokens, outs, "tokens as rows")
+        equation = f"{y_name} = {x_name} &middot; {_transposed(w_name, caption=False)}"
+        how = (f"PyTorch layout: tokens as rows, {x_name} left, {top[1]} on top" if not plain
+               else "PyTorch layout: tokens as rows, input left, weight transposed on top")
         dims = f"({T}&times;{d_in}) &middot; ({d_in}&times;{d_out}) = ({T}&times;{d_out})"
 
     degraded = any(part[0].size > max_cells for part in (left, top, prod))

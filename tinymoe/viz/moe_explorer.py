@@ -8,8 +8,10 @@ n_experts, top_k, capacity_factor, router and seq_len build an MoE layer at shee
            right  the gate each token actually uses per expert, after top-k and capacity; an
                   assignment a full expert turned away is drawn as -1 (red)
            (soft MoE: the dispatch and the combine weights, summed over each expert's slots)
-  sheets   moe.expert_ids and moe.gates (expert choice: one slot per expert; soft: moe.slots)
-  notes    one bar per expert: the slots it processes (moe.expert_load) against its capacity;
+  sheets   moe.expert_ids and moe.gates, tokens as columns (expert choice: one row per expert;
+           soft: moe.dispatch_weights and moe.slots); a picture past max_columns tokens or 8 rows
+  notes    one bar per expert: the slots it processes (moe.expert_load, blue) and the ones it
+           turned away (red) against its capacity (dashed);
            the dropped assignments and tokens; total parameters against the active ones per token
            (tinymoe.moe.moe_parameter_counts, checked against the module built)
   table    the layer's shapes and parameters, with what changed since the last picture
@@ -18,7 +20,8 @@ capacity_factor 0 in the dropdown means "none" (dropless: no capacity at all). T
 router runs in training mode, so its noise is on (seeded: the same picture every time).
 An impossible combination (top_k > n_experts, the switch router with top_k 2, switch or expert
 choice without a capacity factor) shows the config's message and keeps the last picture.
-`.expert_load`, `.dropped`, `.parameters` and `.routing` read the picture shown now.
+`.expert_load`, `.turned_away`, `.capacity`, `.dropped`, `.parameters` and `.routing` read the
+picture shown now.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ BAR_WIDTH = 220          # pixels for the longest bar (or the capacity mark, whi
 class MoEView(View):
     """A View that also keeps the numbers the picture was drawn from."""
     expert_load: list = field(default_factory=list)     # slots each expert processes (moe.expert_load)
+    turned_away: list = field(default_factory=list)     # slots each expert turned away (capacity full)
     capacity: int | None = None                         # slots per expert, None when dropless
     dropped: dict = field(default_factory=dict)         # assignments / tokens turned away
     parameters: dict = field(default_factory=dict)      # moe_parameter_counts(config)
@@ -89,8 +93,8 @@ class MoEExplorer(Explorer):
     def __init__(self, n_experts: int = 3, top_k: int = 2, capacity_factor: float | None = 1.0,
                  router: str = "softmax_topk", seq_len: int = 10, d_model: int = 5, d_ff: int = 4,
                  max_experts: int = 16, max_top_k: int = 4, max_seq_len: int = 64, seed: int = 0,
-                 max_cells: int = 40):
-        self.d_model, self.d_ff, self.max_cells = d_model, d_ff, max_cells
+                 max_columns: int = 16):
+        self.d_model, self.d_ff, self.max_columns = d_model, d_ff, max_columns
         factor = 0.0 if capacity_factor is None else float(capacity_factor)
         options = list(CAPACITY_FACTORS)
         if factor not in [v for _, v in options]:
@@ -119,6 +123,11 @@ class MoEExplorer(Explorer):
         return list(self.view.expert_load)
 
     @property
+    def turned_away(self) -> list:
+        """Assignments each expert turned away because it was full (the red part of its bar)."""
+        return list(self.view.turned_away)
+
+    @property
     def capacity(self) -> int | None:
         return self.view.capacity
 
@@ -142,16 +151,16 @@ class MoEExplorer(Explorer):
     def build(self, values: dict) -> MoEView:
         config = self.config(values)
         moe_config, T, E = config.moe, values["seq_len"], values["n_experts"]
-        decisions = []                                                            # the router's Routing
+        # The tokens come from their own generator, drawn for the longest sequence and cut to
+        # seq_len: a longer sequence adds tokens and leaves the earlier ones as they were.
+        g = torch.Generator().manual_seed(self.seed + 1)
+        x = torch.randn(1, self.max_seq_len, self.d_model, generator=g)[:, :T]   # (1, T, d_model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             layer = MoE(config)
             layer.train(moe_config.router == "noisy_topk")                       # noise only in training
-            hook = layer.router.register_forward_hook(lambda module, inputs, output: decisions.append(output))
-            x = torch.randn(1, T, self.d_model)                                   # (1, T, d_model)
             trace = Trace()
             layer(x, trace)
-            hook.remove()
 
         counts = moe_parameter_counts(config)
         built = sum(p.numel() for p in layer.parameters())
@@ -166,26 +175,31 @@ class MoEExplorer(Explorer):
             panels, panel_names = torch.stack([dispatch, combine]), ["dispatch", "combine"]
             routing, capacity = combine, None
             dropped = {"assignments": 0, "tokens": 0}
+            turned_away = [0] * E
             title = f"{T} tokens × {E} experts (soft: summed over each expert's slots)"
         else:
-            routing_out = decisions[-1]
-            dropped_ids = torch.where(routing_out.dropped, routing_out.chosen_ids, -1)   # (N, k)
+            dropped_ids = torch.where(trace["moe.dropped"], trace["moe.chosen_ids"], -1)  # (N, k)
             routing = routing_matrix(trace["moe.expert_ids"], trace["moe.gates"], E, dropped_ids)  # (T, E)
-            panels, panel_names = torch.stack([trace["moe.router_probs"], routing]), ["router_probs", "gates used (red: dropped)"]
+            panels = torch.stack([trace["moe.router_probs"], routing])                      # (2, T, E)
+            panel_names = ["router_probs", "gates used (red: dropped)"]
             capacity = int(trace["moe.capacity"]) if "moe.capacity" in trace else None
             dropped = {"assignments": int(trace["moe.dropped"].sum()),
                        "tokens": int(trace["moe.dropped_tokens"].sum())}
+            turned_away = torch.bincount(dropped_ids[dropped_ids >= 0], minlength=E).tolist()   # per expert
             title = f"{T} tokens (rows) × {E} experts"
 
         label = self._label_text(config, trace, T, capacity, dropped, counts)
-        notes = self._notes_html(config, load, capacity, dropped, counts, T)
-        # Tokens as columns (the by-hand layout): short, wide sheets; a picture past max_cells.
+        notes = self._notes_html(config, load, turned_away, capacity, dropped, counts, T)
+        # Tokens as columns (the by-hand layout): short, wide sheets; a picture when they would be
+        # wider than max_columns tokens or taller than 8 rows.
         slots = [f"s{j}" for j in range(trace["moe.router_logits"].shape[-1])] if soft else (
             [f"e{e}" for e in range(E)] if moe_config.router == "expert_choice"
             else [f"choice {j + 1}" for j in range(trace["moe.expert_ids"].shape[-1])])
         names = ("moe.dispatch_weights", "moe.slots") if soft else ("moe.expert_ids", "moe.gates")
-        sheets = [show(trace, names[0], orientation="by_hand", max_cells=self.max_cells, row_labels=slots),
-                  show(trace, names[1], orientation="by_hand", max_cells=self.max_cells,
+        fits = 10 ** 6 if T <= self.max_columns and len(slots) <= 8 else 0         # max_cells: all or nothing
+        fits_slots = 10 ** 6 if len(slots) <= self.max_columns else 0              # moe.slots: (d_model, S) by hand
+        sheets = [show(trace, names[0], orientation="by_hand", max_cells=fits, row_labels=slots),
+                  show(trace, names[1], orientation="by_hand", max_cells=fits_slots if soft else fits,
                        **({"col_labels": slots} if soft else {"row_labels": slots}))]
         run = Run(config, "moe", layer, x, trace, T, 1, self.seed)
         full = ShapesTable.from_run(run)
@@ -201,6 +215,7 @@ class MoEExplorer(Explorer):
             table=table,
             notes=notes,
             expert_load=load,
+            turned_away=turned_away,
             capacity=capacity,
             dropped=dropped,
             parameters=counts,
@@ -212,7 +227,8 @@ class MoEExplorer(Explorer):
         moe = config.moe
         if moe.router == "soft":
             route = (f"dispatch_weights {_shape(trace['moe.dispatch_weights'].shape)} → "
-                     f"slots {_shape(trace['moe.slots'].shape)} → slot_outputs {_shape(trace['moe.slot_outputs'].shape)}")
+                     f"slots {_shape(trace['moe.slots'].shape)} → "
+                     f"slot_outputs {_shape(trace['moe.slot_outputs'].shape)}")
         else:
             pick = ("each expert picks its top tokens" if moe.router == "expert_choice"
                     else f"top-{moe.top_k}")
@@ -231,21 +247,22 @@ class MoEExplorer(Explorer):
                 f"active per token {_count(counts['active'])}")
 
     @staticmethod
-    def _notes_html(config, load, capacity, dropped, counts, T) -> str:
+    def _notes_html(config, load, turned_away, capacity, dropped, counts, T) -> str:
         moe = config.moe
-        furthest = max(load + [capacity or 0, 1])
+        furthest = max([n + a for n, a in zip(load, turned_away)] + [capacity or 0, 1])
         scale = BAR_WIDTH / furthest
         text = "font-family:sans-serif;font-size:12px;color:#333"
         rows = []
-        for e, n in enumerate(load):
-            over = capacity is not None and n >= capacity
-            colour = "#de5440" if over else "#4285c4"
+        for e, (n, away) in enumerate(zip(load, turned_away)):
+            # blue: the slots the expert processes; red, past them: the ones it turned away
             mark = (f'<div style="position:absolute;left:{capacity * scale:.0f}px;top:-2px;height:18px;'
                     f'border-left:2px dashed #333"></div>' if capacity is not None else "")
             rows.append(f'<tr><td style="padding:1px 6px 1px 0;{text};font-family:monospace">e{e}</td>'
                         f'<td style="padding:1px 0"><div style="position:relative;width:{BAR_WIDTH + 4}px;height:14px">'
-                        f'<div style="width:{n * scale:.0f}px;height:14px;background:{colour}"></div>{mark}</div></td>'
-                        f'<td style="padding:1px 0 1px 8px;{text};font-family:monospace;text-align:right">{n}</td></tr>')
+                        f'<div style="display:flex;height:14px"><div style="width:{n * scale:.0f}px;background:#4285c4">'
+                        f'</div><div style="width:{away * scale:.0f}px;background:#de5440"></div></div>{mark}</div></td>'
+                        f'<td style="padding:1px 0 1px 8px;{text};font-family:monospace;text-align:left;white-space:nowrap">'
+                        f"{n}{f' (+{away} turned away)' if away else ''}</td></tr>")
         if moe.router == "soft":
             what = f"slots per expert (soft MoE: {moe.slots_per_expert} per expert per sequence, always balanced)"
         elif moe.router == "expert_choice":
@@ -253,7 +270,8 @@ class MoEExplorer(Explorer):
         else:
             per = T * moe.top_k
             what = (f"assignments each expert processes ({T} tokens × top-{moe.top_k} = {per}"
-                    + (f"; dashed line: capacity {capacity})" if capacity is not None else "; no capacity)"))
+                    + (f"; dashed line: capacity {capacity}; red: turned away)" if capacity is not None
+                       else "; no capacity)"))
         if moe.router == "soft":
             lost = "Soft MoE drops nothing: every token is in every slot, a little."
         elif moe.router == "expert_choice":

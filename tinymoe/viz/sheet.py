@@ -6,7 +6,9 @@ What a sheet does with each kind of tensor:
   1-D (d,)                 one row of cells
   2-D (T, d)               a grid; tokens are rows ("pytorch") or columns ("by_hand")
   3-D (1, T, d)            the batch of one is dropped: a grid
-  4-D (1, H, T, T)         one grid per head, side by side, all on one colour scale
+  4-D (1, H, T, T)         one grid per head, side by side, all on one colour scale; heads
+                           that do not fit the page's width wrap onto the next line
+  a size-0 axis, (10, 0)   the caption and a note that there is nothing to draw
   more than `max_cells`    a heatmap picture (a PNG, see png.py) and the shape: never a
                            10,000-cell table
 
@@ -14,7 +16,8 @@ Orientation. PyTorch stores activations as (tokens, features): "pytorch" draws t
 tokens as rows. The hand-built sheets draw Y = W X with tokens as columns: "by_hand" transposes
 the last two axes of every activation so the sheet reads like those. A weight is (out, in) in
 both, because that is how nn.Linear stores it and also how W sits in W X. The caption says
-which orientation you are looking at.
+which orientation you are looking at; `note=` replaces that text for a table whose rows are
+not tokens (rows of (m, n) pairs, of experts, ...).
 
 The HTML is static (inline styles, no script), so it survives a static export and a notebook
 preview on a code-hosting site.
@@ -53,7 +56,7 @@ class Sheet(Html):
         return int(sum(p.size for p in self.panels))
 
     def __repr__(self) -> str:
-        kind = "summarised" if self.degraded else f"{self.cells} cells"
+        kind = "summarised" if self.degraded else f"{self.cells} cells" if self.panels else "empty"
         return f"Sheet({self.name!r}, shape={self.shape}, role={self.role!r}, {self.orientation}, {kind})"
 
 
@@ -189,7 +192,9 @@ def cell_width_for(texts: list[np.ndarray], col_labels: list[str]) -> float:
 def render(panels: list[np.ndarray], titles: list[str], name: str, role: str, shape: tuple, note: str,
            decimals: int, row_labels: list[str], col_labels: list[str], cell_width: float | None = None,
            label_width: float | None = None, scale: float | None = None) -> str:
-    """Caption + the panels as grids side by side."""
+    """Caption + the panels as grids side by side. Two or more panels (heads) sit in a wrapping
+    flex row, so the heads that do not fit the page's width move onto the next line instead of
+    running off its right edge; a single grid is one inline block."""
     texts = [format_values(p, decimals) for p in panels]
     if scale is None:
         finite = [np.abs(p[np.isfinite(p)]) for p in panels if np.issubdtype(p.dtype, np.number)]
@@ -200,10 +205,25 @@ def render(panels: list[np.ndarray], titles: list[str], name: str, role: str, sh
     for panel, text, title in zip(panels, texts, titles):
         head = (f'<div style="font-family:sans-serif;font-size:11px;color:#777;margin:0 0 1px 0;'
                 f'text-align:left">{escape(title)}</div>' if title else "")
-        body.append(f'<div style="display:inline-block;vertical-align:top;margin:0 12px 0 0">{head}'
-                    f"{grid_html(panel, text, role, row_labels, col_labels, scale, cell_width, label_width)}</div>")
+        grid = grid_html(panel, text, role, row_labels, col_labels, scale, cell_width, label_width)
+        if len(panels) > 1:
+            body.append(f'<div style="flex:none;margin:0 12px 0 0">{head}{grid}</div>')
+        else:
+            body.append(f'<div style="display:inline-block;vertical-align:top;margin:0 12px 0 0">{head}{grid}</div>')
+    wrapper = ("display:flex;flex-wrap:wrap;align-items:flex-start;row-gap:8px" if len(panels) > 1
+               else "white-space:nowrap")
     return (f'<div style="display:inline-block;vertical-align:top;text-align:left;line-height:1.4">'
-            f'{caption(name, role, shape, note)}<div style="white-space:nowrap">{"".join(body)}</div></div>')
+            f'{caption(name, role, shape, note)}<div style="{wrapper}">{"".join(body)}</div></div>')
+
+
+def render_empty(name: str, role: str, shape: tuple, note: str) -> str:
+    """Caption + a line saying there is nothing to draw (some axis has size 0)."""
+    zero = [str(i) for i, n in enumerate(shape) if n == 0]
+    axes = f"axis {zero[0]} has" if len(zero) == 1 else f"axes {', '.join(zero[:-1])} and {zero[-1]} have"
+    return (f'<div style="display:inline-block;vertical-align:top;text-align:left;line-height:1.4">'
+            f'{caption(name, role, shape, note)}'
+            f'<div style="font-family:sans-serif;font-size:11px;color:#777;margin:2px 0 0 0;text-align:left">'
+            f"empty tensor: {axes} size 0, so there are no values to draw.</div></div>")
 
 
 def render_summary(panels: list[np.ndarray], titles: list[str], name: str, role: str, shape: tuple,
@@ -245,7 +265,8 @@ def orientation_note(row_kind: str, col_kind: str, orientation: str) -> str:
 
 
 def sheet(tensor, name: str | None = None, role: str = "activation", decimals: int = 2,
-          max_cells: int = 600, row_labels=None, col_labels=None, orientation: str = "pytorch") -> Sheet:
+          max_cells: int = 600, row_labels=None, col_labels=None, orientation: str = "pytorch",
+          note: str | None = None) -> Sheet:
     """Draw `tensor` as a sheet (see the module docstring). Returns a Sheet; a notebook shows it.
 
     role         weight | bias | input | output | activation | buffer (sets the colour)
@@ -253,6 +274,9 @@ def sheet(tensor, name: str | None = None, role: str = "activation", decimals: i
     max_cells    past this many numbers, a heatmap picture + shape instead of cells
     row_labels, col_labels   override the labels of the grid as drawn (after orientation)
     orientation  "pytorch" (tokens as rows) or "by_hand" (tokens as columns)
+    note         the caption's grey note (plain text); default: the orientation when rows or
+                 columns are tokens ("tokens as rows (PyTorch)"). Give one when they are not:
+                 note="rows: (m, n) pairs". "" shows no note.
     """
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation={orientation!r}: must be one of {', '.join(map(repr, ORIENTATIONS))}")
@@ -261,9 +285,14 @@ def sheet(tensor, name: str | None = None, role: str = "activation", decimals: i
     name = "tensor" if name is None else name
     values = as_numpy(tensor)
     shape = tuple(values.shape)
+    note = None if note is None else escape(note)
+    if values.size == 0:                                  # (10, 0) and the like: nothing to draw
+        html = render_empty(name, role, shape, note or "")
+        return Sheet(html, name, role, shape, orientation, False, [], [])
     kinds = _axis_kinds(name, role, values)
     panels, titles, row_kind, col_kind, _ = _panels(values, kinds, orientation)
-    note = orientation_note(row_kind, col_kind, orientation)
+    if note is None:
+        note = orientation_note(row_kind, col_kind, orientation)
     if sum(p.size for p in panels) > max_cells:
         html = render_summary(panels, titles, name, role, shape, note, max_cells)
         return Sheet(html, name, role, shape, orientation, True, panels, titles)

@@ -155,6 +155,9 @@ class ShapesTable(Html):
         before = [r for r in previous.rows if r.status != "removed"]
         changes = {k: (previous.settings.get(k), v) for k, v in self.settings.items()
                    if previous.settings.get(k) != v}
+        changes.update({k: (old, None) for k, old in previous.settings.items()
+                        if k not in self.settings and old is not None})
+        changes = _collapse_groups(changes, previous.settings, self.settings)
         return ShapesTable(_merge(current, before), self.settings, changes, self.module_kind)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -228,6 +231,22 @@ class ShapesTable(Html):
                        f'<td style="{td}{weight}text-align:right;font-family:{MONO};background:{fill}">{params}</td></tr>')
         out.append("</table></div>")
         return "".join(out)
+
+
+def _collapse_groups(changes: dict, before: dict, after: dict) -> dict:
+    """A nested config switched on or off (moe None -> MoEConfig) reads as one change,
+    `moe None -> n_experts=4, top_k=2, router=softmax_topk`, not one line per sub-field."""
+    for group in {k.split(".", 1)[0] for k in changes if "." in k}:
+        switched_on = group in before and before[group] is None and group not in after
+        switched_off = group in after and after[group] is None and group not in before
+        if not (switched_on or switched_off):
+            continue
+        fields = {k.split(".", 1)[1]: v for k, v in (after if switched_on else before).items()
+                  if k.startswith(group + ".")}
+        summary = ", ".join(f"{k}={v}" for k, v in list(fields.items())[:3])
+        changes = {k: v for k, v in changes.items() if not k.startswith(group + ".") and k != group}
+        changes[group] = (None, summary) if switched_on else (summary, None)
+    return changes
 
 
 def _value(v) -> str:
