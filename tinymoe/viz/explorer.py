@@ -345,8 +345,38 @@ class Explorer:
 
     # -- notebook display -------------------------------------------------------------------------
     def _ipython_display_(self):
+        """The live widget, plus a static snapshot for wherever there is no kernel to drive it
+        (a notebook opened without running it, an HTML export, a code-hosting site's preview):
+        those show the best mimetype they can render, the snapshot, instead of a widget repr."""
         from IPython.display import display
-        display(self.widget)
+        bundle = self.widget._repr_mimebundle_() or {}
+        bundle = dict(bundle[0] if isinstance(bundle, tuple) else bundle)
+        bundle["text/plain"] = (f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.values.items())}): "
+                                f"run the notebook to move its controls")
+        bundle["text/html"] = self.snapshot_html()
+        display(bundle, raw=True)
+
+    def snapshot_html(self) -> str:
+        """The current picture as static HTML (inline styles, no JavaScript): the control values,
+        the shape line, the sheets, the heatmap as a small picture, the notes and the shapes table."""
+        from .png import data_uri, heatmap_png
+        settings = " &middot; ".join(f"<code>{escape(k)} = {escape(v)}</code>" for k, v in self.values.items())
+        parts = [f'<b style="font-size:15px">{escape(self.title)}</b> '
+                 f'<span style="color:#777">(a snapshot: run the notebook to move the controls)</span>',
+                 f'<div style="margin:4px 0">{settings}</div>', self._status.value, self._shape_label.value,
+                 self._sheets.value]
+        if self.view is not None and self.view.heatmap is not None:
+            data = np.asarray(self.heatmap_data, dtype=float)
+            panels = list(data) if data.ndim == 3 else [data]
+            rows, cols = max(p.shape[0] for p in panels), sum(p.shape[1] for p in panels)
+            f = int(np.clip(min(360 // max(cols, 1), 260 // max(rows, 1)), 1, 16))   # screen pixels per value
+            # Enlarge in the picture itself: notebook sanitizers drop CSS that keeps scaled pixels sharp.
+            big = [np.repeat(np.repeat(p, f, axis=0), f, axis=1) for p in panels]
+            png, _ = heatmap_png(big, width=1, height=1)
+            parts.append(f'<div style="font-size:12px;color:#555;margin-top:6px">{escape(self.view.heatmap_title)}</div>'
+                         f'<img alt="heatmap" src="{data_uri(png)}">')
+        parts += [self._notes.value, self._table.value, legend().html]
+        return "".join(f"<div>{p}</div>" for p in parts if p)
 
     def __repr__(self) -> str:
         state = f"error={self.error!r}" if self.error else f"shapes={len(self.view.shapes)}"
