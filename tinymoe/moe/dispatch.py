@@ -93,15 +93,18 @@ def dispatch_grouped(x, expert_ids, gates, w_gate, w_up, w_down) -> torch.Tensor
     sizes = counts.tolist()
     order = order[sizes[0]:]                                                # (M,) real pairs, grouped by expert
     x_sorted = x[order // k]                                                # (M, d_model) one contiguous slice per expert
-    outputs = []
-    for e, x_e in enumerate(x_sorted.split(sizes[1:])):                     # x_e: (M_e, d_model)
-        if x_e.shape[0]:
-            outputs.append(expert_mlp(x_e, None if w_gate is None else w_gate[e], w_up[e], w_down[e]))
-    y = torch.cat(outputs) if outputs else x_sorted.new_zeros(0, x.shape[1])  # (M, d_model)
-    y = y.float() * gates.reshape(N * k)[order, None].float()              # (M, d_model)
-    # Back to (token, slot) cells, then the k slots are summed in slot order: a fixed order, so
-    # the result is the same on every run and device (index_add would race on a GPU).
-    cells = y.new_zeros(N * k, x.shape[1]).index_copy(0, order, y)          # (N*k, d_model)
+    gates_sorted = gates.reshape(N * k)[order].float()                      # (M,) the same order
+    # Each expert's weighted results go straight back to their (token, slot) cells; the k slots
+    # are then summed in slot order: a fixed order, so the result is the same on every run and
+    # device (index_add would race on a GPU).
+    cells = torch.zeros(N * k, x.shape[1], dtype=torch.float32, device=x.device)  # (N*k, d_model)
+    start = 0
+    for e, size in enumerate(sizes[1:]):
+        if size:
+            rows = slice(start, start + size)                               # expert e's contiguous slice
+            y_e = expert_mlp(x_sorted[rows], None if w_gate is None else w_gate[e], w_up[e], w_down[e])  # (M_e, d_model)
+            cells.index_copy_(0, order[rows], y_e.float().mul_(gates_sorted[rows, None]))
+            start += size
     out = cells.reshape(N, k, x.shape[1]).sum(dim=1)                        # (N, d_model)
     return out.to(x.dtype)
 
