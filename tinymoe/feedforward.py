@@ -15,13 +15,25 @@ from torch.nn import functional as F
 from .config import ConfigError, ModelConfig
 from .trace import Trace, record
 
-__all__ = ["MLP", "SwiGLU", "make_feedforward"]
+__all__ = ["MLP", "SwiGLU", "make_feedforward", "relu_hidden", "swiglu_hidden"]
 
 
 def _check(d_model, d_ff) -> None:
     for name, value in (("d_model", d_model), ("d_ff", d_ff)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(name, value, "must be a positive whole number")
+
+
+def relu_hidden(x: torch.Tensor, w_1: torch.Tensor, b_1: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(W_1 x): the ReLU MLP's hidden layer, (..., d_model) -> (..., d_ff)."""
+    return F.relu(F.linear(x, w_1, b_1))
+
+
+def swiglu_hidden(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+                  b_gate: torch.Tensor | None = None, b_up: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(W_gate x) * W_up x: SwiGLU's hidden layer, (..., d_model) -> (..., d_ff).
+    The dense feed-forward and every MoE expert compute it here."""
+    return F.silu(F.linear(x, w_gate, b_gate)) * F.linear(x, w_up, b_up)
 
 
 class MLP(nn.Module):
@@ -36,7 +48,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
         trace = trace.scope(self.name) if trace is not None else None
-        hidden = F.relu(self.w_1(x))                     # (..., d_ff)
+        hidden = relu_hidden(x, self.w_1.weight, self.w_1.bias)                 # (..., d_ff)
         out = self.w_2(hidden)                           # (..., d_model)
         record(trace, "W_1", self.w_1.weight, "weight")
         record(trace, "hidden", hidden)
@@ -58,9 +70,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
         trace = trace.scope(self.name) if trace is not None else None
-        gate = F.silu(self.w_gate(x))                    # (..., d_ff)
-        up = self.w_up(x)                                # (..., d_ff)
-        hidden = gate * up                               # (..., d_ff)
+        hidden = swiglu_hidden(x, self.w_gate.weight, self.w_up.weight,
+                               self.w_gate.bias, self.w_up.bias)                # (..., d_ff)
         out = self.w_down(hidden)                        # (..., d_model)
         record(trace, "W_gate", self.w_gate.weight, "weight")
         record(trace, "W_up", self.w_up.weight, "weight")

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..feedforward import relu_hidden, swiglu_hidden
+
 __all__ = ["Experts", "expert_mlp"]
 
 
@@ -29,10 +31,7 @@ def expert_mlp(x: torch.Tensor, w_gate: torch.Tensor | None, w_up: torch.Tensor,
     """One expert on its tokens: (M, d_model) -> (M, d_model).
 
     w_gate, w_up (d_ff, d_model), w_down (d_model, d_ff); w_gate None means a ReLU expert."""
-    if w_gate is None:
-        hidden = F.relu(F.linear(x, w_up))                                  # (M, d_ff)
-    else:
-        hidden = F.silu(F.linear(x, w_gate)) * F.linear(x, w_up)           # (M, d_ff)
+    hidden = relu_hidden(x, w_up) if w_gate is None else swiglu_hidden(x, w_gate, w_up)   # (M, d_ff)
     return F.linear(hidden, w_down)                                         # (M, d_model)
 
 
