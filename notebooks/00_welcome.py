@@ -197,7 +197,7 @@ print("back to:", explorer.shape_label)
 # | [05 Grouped-query attention](05_grouped_query_attention.ipynb) | MHA → GQA → MQA, parameters and KV-cache memory | ready |
 # | [06 MoE gating](06_moe_gating.ipynb) | experts, routers, top-k, capacity and dropped tokens, load balancing, float32 routers | ready |
 # | [07 Native sparse attention](07_native_sparse_attention.ipynb) | compressed, selected and sliding-window branches | ready |
-# | 08 Putting it together | a tiny MoE language model trained on real text | coming |
+# | [08 Putting it together](08_putting_it_together.ipynb) | a tiny MoE language model trained on Python's own documentation: loss, expert load, who goes where | ready |
 # | [09 GPU scale](09_gpu_scale.ipynb) | the Triton routing kernel, full-size figures | ready |
 # | 10 Beyond one machine | expert parallelism with all-to-all dispatch | coming |
 #
