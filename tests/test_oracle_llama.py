@@ -17,6 +17,8 @@ from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecod
 
 from tinymoe import DecoderBlock, ModelConfig, MultiHeadAttention, RMSNorm, SwiGLU, TinyLM, Trace  # noqa: E402
 
+import oracle_check  # noqa: E402  (tests/oracle_check.py)
+
 pytestmark = pytest.mark.oracle
 
 TOL = 1e-5
@@ -25,15 +27,7 @@ VOCAB, D_MODEL, N_HEADS, N_KV_HEADS, HEAD_DIM, D_FF, MAX_LEN, THETA, EPS = 37, 1
 
 
 def check(name: str, ours: torch.Tensor, theirs: torch.Tensor, tol: float = TOL) -> float:
-    """Max abs error of ours vs theirs, printed; it must stay within tol x max(1, largest |reference| value)
-    (float32 rounding grows with the size of the numbers)."""
-    assert ours.shape == theirs.shape, f"{name}: our shape {tuple(ours.shape)} != reference {tuple(theirs.shape)}"
-    err = (ours.detach().double() - theirs.detach().double()).abs().max().item()
-    scale = max(1.0, theirs.detach().abs().max().item())
-    print(f"ORACLE {name:<60} max abs error {err:.3e}  (reference max |value| {scale:.3g})")
-    assert err <= tol * scale, (f"{name}: max abs error {err:.3e} against transformers exceeds "
-                                f"{tol:.0e} x {scale:.3g} = {tol * scale:.3e}")
-    return err
+    return oracle_check.check(name, ours, theirs, tol, against='transformers')
 
 
 def _gen(seed):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import oracle_check
 from torch import nn
 from torch.nn import functional as F
 
@@ -22,15 +24,7 @@ def _gen(seed):
 
 
 def check(name: str, ours: torch.Tensor, theirs: torch.Tensor, tol: float = TOL) -> float:
-    """Max abs error of ours vs theirs, printed; it must stay within tol x max(1, largest |reference| value)
-    (float32 rounding grows with the size of the numbers)."""
-    assert ours.shape == theirs.shape, f"{name}: our shape {tuple(ours.shape)} != reference {tuple(theirs.shape)}"
-    err = (ours.detach().double() - theirs.detach().double()).abs().max().item()
-    scale = max(1.0, theirs.detach().abs().max().item())
-    print(f"ORACLE {name:<60} max abs error {err:.3e}  (reference max |value| {scale:.3g})")
-    assert err <= tol * scale, (f"{name}: max abs error {err:.3e} against the reference exceeds "
-                                f"{tol:.0e} x {scale:.3g} = {tol * scale:.3e}")
-    return err
+    return oracle_check.check(name, ours, theirs, tol, against='the reference')
 
 
 def _qkv(B=2, H=3, T_q=6, T_k=6, d_k=4, d_v=4, seed=0):
