@@ -22,6 +22,8 @@ from tinymoe.kernels import TileConfig, interpreted, triton_moe_dispatch  # noqa
 from tinymoe.moe import MoE  # noqa: E402
 from tinymoe.moe.dispatch import dispatch_grouped, dispatch_loop  # noqa: E402
 
+import triton_check  # noqa: E402  (tests/triton_check.py)
+
 pytestmark = pytest.mark.triton
 DEVICE = "cpu" if interpreted() else "cuda"
 D_MODEL, D_FF, N_EXPERTS = 12, 20, 5
@@ -30,14 +32,7 @@ TOLERANCE = {torch.float32: 2e-5, torch.float16: 1e-2}   # of the largest expect
 
 
 def assert_close(actual, expected, what, dtype):
-    actual, expected = actual.float(), expected.float()
-    diff = (actual - expected).abs()
-    scale = expected.abs().max().clamp(min=1e-6)
-    worst = int(diff.argmax()) if diff.numel() else 0
-    assert diff.numel() == 0 or diff.max() <= TOLERANCE[dtype] * scale, (
-        f"{what}: max |difference| {diff.max():.3g} at flat index {worst} "
-        f"(got {actual.flatten()[worst]:.5g}, expected {expected.flatten()[worst]:.5g}); "
-        f"allowed {TOLERANCE[dtype]:.0e} x largest value {scale:.3g}")
+    triton_check.assert_close(actual, expected, what, dtype, TOLERANCE)
 
 
 def _ids(kind, g):

@@ -20,6 +20,8 @@ from torch.nn import functional as F  # noqa: E402
 from tinymoe.kernels import (TileConfig, align, combine, gate_up, grouped_matmul, interpreted,  # noqa: E402
                              tile_config, weight_grad)
 
+import triton_check  # noqa: E402  (tests/triton_check.py)
+
 pytestmark = pytest.mark.triton
 DEVICE = "cpu" if interpreted() else "cuda"
 N_EXPERTS, D_FF = 5, 20
@@ -28,14 +30,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2}   # of the largest expect
 
 
 def assert_close(actual, expected, what, dtype):
-    actual, expected = actual.float(), expected.float()
-    diff = (actual - expected).abs()
-    scale = expected.abs().max().clamp(min=1e-6)
-    worst = int(diff.argmax()) if diff.numel() else 0
-    assert diff.numel() == 0 or diff.max() <= TOLERANCE[dtype] * scale, (
-        f"{what}: max |difference| {diff.max():.3g} at flat index {worst} "
-        f"(got {actual.flatten()[worst]:.5g}, expected {expected.flatten()[worst]:.5g}); "
-        f"allowed {TOLERANCE[dtype]:.0e} x largest value {scale:.3g}")
+    triton_check.assert_close(actual, expected, what, dtype, TOLERANCE)
 
 
 def _setup(dtype, n_tokens=13, d_model=12, top_k=2, drop=False, seed=0):
