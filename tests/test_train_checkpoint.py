@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinymoe.train import CheckpointMismatch, load_checkpoint, train
-from tests.train_setup import one_thread, same_rows, small_data, small_model, small_train_config
+from train_setup import one_thread, same_rows, small_data, small_model, small_train_config
 
 single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 

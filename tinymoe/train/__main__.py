@@ -24,6 +24,7 @@ import torch
 from ..config import ConfigError, ModelConfig, MoEConfig, DISPATCHES
 from ..model import TinyLM
 from .baseline import dense_baseline
+from .checkpoint import CheckpointMismatch
 from .data import CORPORA, load_corpus, unigram_entropy
 from .loop import PRECISIONS, TrainConfig, train
 from .tokenizers import TOKENIZERS
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         history = train(model, data, config, resume=args.resume)
+    except (ConfigError, CheckpointMismatch) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         where = f"; the last checkpoint is in {config.checkpoint_path}" if config.checkpoint_path else ""
         print(f"\ninterrupted{where}", file=sys.stderr)
