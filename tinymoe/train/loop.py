@@ -134,6 +134,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes).validate()
+
 
 def split_output(out) -> tuple[torch.Tensor, dict]:
     """A model's output as (logits (B, T, vocab_size), {aux loss name: scalar tensor})."""
