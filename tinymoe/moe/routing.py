@@ -90,7 +90,8 @@ class Router(nn.Module):
         """x W^T in float32 (or in x's dtype when router_fp32 is off): (N, d_model) -> (N, n_experts)."""
         weight = self.weight if weight is None else weight
         if self.router_fp32:
-            return F.linear(x.float(), weight.float())                     # (N, n_experts) float32
+            with torch.autocast(device_type=x.device.type, enabled=False):   # autocast would cast the matmul down again
+                return F.linear(x.float(), weight.float())                 # (N, n_experts) float32
         return F.linear(x, weight.to(x.dtype))                             # (N, n_experts) x.dtype
 
     def extra_repr(self) -> str:

@@ -1,0 +1,35 @@
+"""The progress bar: step, loss, validation loss and tokens/s, in a terminal or in JupyterLab.
+
+tqdm.auto picks the right bar: a text bar on stderr in a terminal, an ipywidgets bar in a
+notebook. The numbers go in the bar's postfix, so a long run shows how it is going at a glance.
+"""
+from __future__ import annotations
+
+__all__ = ["ProgressBar"]
+
+
+class ProgressBar:
+    """A tqdm bar over optimizer steps; `update(row)` advances it one step and shows the row's numbers."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
+        self.bar = None
+        self.last_val = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+    def update(self, row: dict) -> None:
+        if row.get("val_loss") is not None:
+            self.last_val = row["val_loss"]
+        if self.bar is None:
+            return
+        postfix = {"loss": f"{row['loss']:.3f}"}
+        if self.last_val is not None:
+            postfix["val"] = f"{self.last_val:.3f}"
+        postfix["tok/s"] = f"{row['tokens_per_s']:,.0f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
