@@ -10,6 +10,8 @@ token per step.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import warnings
@@ -105,37 +107,77 @@ class TinyLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-        """Append max_new_tokens tokens: greedy at temperature 0, else sample softmax(logits / t).
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 top_k: int | None = None) -> torch.Tensor:
+        """Append max_new_tokens tokens: greedy at temperature 0, else sample softmax(logits / t)
+        (from the top_k most likely tokens only, when top_k is given). Returns (B, T + new).
 
         use_cache: prefill a KVCache with the prompt, then feed one token per step. A config that
         cannot use one (kv_cache_unsupported) warns and recomputes the whole context every step,
         as does every step once the sequence reaches max_seq_len (the context then slides)."""
-        if temperature < 0:
-            raise ValueError(f"temperature={temperature}: must be >= 0 (0 means greedy)")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a whole number >= 0")
+        new = list(self.stream(tokens, max_new_tokens, temperature, generator, use_cache, top_k))
+        return torch.cat([tokens, *new], dim=1) if new else tokens
+
+    @torch.no_grad()
+    def stream(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+               generator: torch.Generator | None = None, use_cache: bool = True, top_k: int | None = None,
+               stop_token_ids: tuple[int, ...] = ()):
+        """Yield each new token, shaped (B, 1), as soon as it is chosen (for printing as it comes).
+        Stops early once every sequence has produced one of stop_token_ids (it is yielded too)."""
+        _check_sampling(tokens, max_new_tokens, temperature, top_k, self.config.vocab_size)
         cache = None
         if use_cache and max_new_tokens > 0:
             reason = kv_cache_unsupported(self.config)
             if reason is not None:
                 warnings.warn(f"generate: no KV cache ({reason}); recomputing the whole context for every token",
-                              stacklevel=2)
+                              stacklevel=3)
             elif tokens.shape[1] < self.config.max_seq_len:
                 weight = self.embed.weight
-                cache = KVCache(self.config, batch=tokens.shape[0], dtype=weight.dtype, device=weight.device)
+                max_len = min(self.config.max_seq_len, tokens.shape[1] + max_new_tokens)   # no bigger than needed
+                cache = KVCache(self.config, batch=tokens.shape[0], max_len=max_len, dtype=weight.dtype,
+                                device=weight.device)
         new_tokens = tokens                                                # what the next forward reads
+        done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for _ in range(max_new_tokens):
             if cache is not None and cache.length < cache.max_len:
                 logits = self(new_tokens, cache=cache).logits[:, -1]      # (B, vocab_size)
             else:
                 context = tokens[:, -self.config.max_seq_len:]             # (B, <= max_seq_len)
                 logits = self(context).logits[:, -1]                      # (B, vocab_size)
-            if temperature == 0:
-                next_token = logits.argmax(dim=-1, keepdim=True)           # (B, 1)
-            else:
-                probs = F.softmax(logits / temperature, dim=-1)
-                next_token = torch.multinomial(probs, 1, generator=generator)
+            next_token = sample_next_token(logits, temperature, top_k, generator)   # (B, 1)
             tokens = torch.cat([tokens, next_token], dim=1)
             new_tokens = next_token                                        # (B, 1): only it is new to the cache
-        return tokens
+            yield next_token
+            if stop_token_ids:
+                done |= torch.isin(next_token[:, 0], torch.tensor(stop_token_ids, device=tokens.device))
+                if bool(done.all()):
+                    return
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, vocab_size) logits -> (B, 1) token ids: argmax at temperature 0, else a sample of
+    softmax(logits / temperature) restricted to the top_k largest logits when top_k is given."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)                         # (B, 1)
+    scaled = logits.float() / temperature                                  # float32: no fp16 overflow
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[:, -1:]                    # (B, 1): the k-th largest
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = F.softmax(scaled, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def _check_sampling(tokens, max_new_tokens, temperature, top_k, vocab_size) -> None:
+    """The arguments of generate/stream, each with the rule it breaks."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] == 0:
+        raise ValueError("tokens must be a (batch, seq_len) tensor of token ids with seq_len >= 1 "
+                         "(the prompt; start from a BOS token if you have no text)")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a whole number >= 0")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0 or 0 < temperature < 1e-4:
+        raise ValueError(f"temperature={temperature!r}: must be 0 (greedy) or a finite number >= 1e-4 "
+                         f"(smaller ones overflow logits / temperature)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab_size):
+        raise ValueError(f"top_k={top_k!r}: must be None or a whole number in 1..vocab_size={vocab_size}")

