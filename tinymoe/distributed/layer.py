@@ -124,6 +124,7 @@ class ExpertParallelMoE(nn.Module):
         behind = {r: m for r, m in marks.items() if r != self.group.rank and (m is None or int(m) < step)}
         where = f"layer {self.name!r}, step {step}, {phase}"
         cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        cause = cause.split(". This is typically")[0]                       # gloo's advice, not the cause
         if behind:
             who = ", ".join(f"rank {r} ({'never seen' if m is None else f'last seen at step {m}'})"
                             for r, m in behind.items())
@@ -144,14 +145,22 @@ class ExpertParallelMoE(nn.Module):
         table = torch.stack(rows).cpu()                                      # (W, 2 + k*E)
         steps = table[:, 0].tolist()
         if len(set(steps)) > 1:
-            ahead = [r for r, s in enumerate(steps) if s > step]
-            behind = [r for r, s in enumerate(steps) if s < step]
-            skipped = ahead if ahead else [self.group.rank]
+            # the ranks that moved on are the ones that skipped: they are past the lowest step
+            lowest = min(steps)
+            skipped = [r for r, s in enumerate(steps) if s > lowest]
             raise ExpertParallelError(
-                f"rank {self.group.rank}: layer {self.name!r}, step {step}: the ranks are at different steps "
-                f"{dict(enumerate(steps))}: rank(s) {skipped if ahead else behind} skipped a step "
+                f"rank {self.group.rank}: layer {self.name!r}: the ranks are at different steps "
+                f"({', '.join(f'rank {r}: step {s}' for r, s in enumerate(steps))}): "
+                f"{', '.join(f'rank {r}' for r in skipped)} skipped step {lowest} "
                 f"(every rank must call the layer once per step, even with no tokens)")
         return table
+
+    def _nothing_arrived(self, received: torch.Tensor) -> torch.Tensor:
+        """The expert output of a rank that received no rows: empty, yet part of the autograd graph
+        of the received rows and the expert weights. Backward runs an all-to-all per exchange, and
+        every rank must join each one, even a rank with nothing to send back."""
+        anchor = sum(w.sum() for w in self.experts.weights() if w is not None) * 0    # () zero, with grad
+        return received * 0 + anchor.to(received.dtype)                     # (0, d_model)
 
     # ---- the forward pass -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, trace: Trace | None = None):
@@ -209,8 +218,11 @@ class ExpertParallelMoE(nn.Module):
         recv_local_ids = torch.arange(E_local).repeat(W).repeat_interleave(recv_load.reshape(W * E_local))  # (M_in,)
         recv_local_ids = recv_local_ids.to(x.device)
         ones = torch.ones(received.shape[0], 1, dtype=torch.float32, device=x.device)  # (M_in, 1) gates come later
-        expert_out = get_dispatch(self.dispatch)(received, recv_local_ids[:, None], ones,
-                                                 *self.experts.weights())   # (M_in, d_model)
+        if received.shape[0]:
+            expert_out = get_dispatch(self.dispatch)(received, recv_local_ids[:, None], ones,
+                                                     *self.experts.weights())   # (M_in, d_model)
+        else:
+            expert_out = self._nothing_arrived(received)                     # (0, d_model)
 
         # 6. results back, splits swapped: row i of `returned` answers row i of `sent`
         returned = all_to_all(expert_out, recv_counts, send_counts, group, on_error)  # (M, d_model)
