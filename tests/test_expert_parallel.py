@@ -10,8 +10,8 @@ import torch
 import tinymoe as tm
 from tinymoe.config import ConfigError
 from tinymoe.distributed import (ExpertParallelGroup, ExpertParallelMoE, RankFailure, config_hash, drop_overflow,
-                                 exchange_bytes, expected_bytes_per_rank, launch, seats_kept)
-from tinymoe.moe import apply_capacity, capacity
+                                 exchange_bytes, exchange_plan, expected_bytes_per_rank, launch, slot_counts)
+from tinymoe.moe import Routing, apply_capacity, capacity
 
 import expert_parallel_workers as workers
 
@@ -120,16 +120,20 @@ def test_a_dead_rank_is_named_by_the_others_within_the_timeout(four_ranks):
 def test_capacity_across_ranks_equals_one_process(world_size, top_k, capacity_factor):
     """Split one batch over ranks, seat each rank's slots from the shared counts: the same drops."""
     g = torch.Generator().manual_seed(world_size * 10 + top_k)
-    n_experts = 6
+    n_experts = 12
     sizes = [int(n) for n in torch.randint(0, 9, (world_size,), generator=g)]
-    skew = torch.tensor([4.0, 1, 1, 0.5, 0.5, 0.1])                        # uneven load, so seats run out
+    skew = torch.tensor([4.0, 1, 1, 0.5, 0.5, 0.1] * 2)                    # uneven load, so seats run out
     chosen = torch.stack([torch.multinomial(skew, top_k, generator=g) for _ in range(sum(sizes))]).reshape(-1, top_k)
     gates = torch.rand(chosen.shape, generator=g)
     cap = capacity(sum(sizes) * top_k, n_experts, capacity_factor)
     want_ids, want_gates, want_dropped = apply_capacity(chosen, gates, n_experts, cap)
     parts = list(zip(chosen.split(sizes), gates.split(sizes)))
-    counts = torch.stack([torch.nn.functional.one_hot(ids, n_experts).sum(dim=0) for ids, _ in parts])  # (W, k, E)
-    kept = seats_kept(counts, cap)
+    counts = torch.stack([slot_counts(ids, n_experts) for ids, _ in parts])   # (W, k, E)
+    plan = exchange_plan(counts, torch.tensor(sizes), capacity_factor, world_size)
+    assert plan["capacity"] == cap
+    kept = plan["kept"]
+    assert torch.equal(plan["routing_counts"], torch.stack([Routing.count_load(g[0], n_experts) for g in
+                                                            (drop_overflow(i, t, kept[r]) for r, (i, t) in enumerate(parts))]))
     got = [drop_overflow(ids, gts, kept[r]) for r, (ids, gts) in enumerate(parts)]
     assert torch.equal(torch.cat([g[0] for g in got]), want_ids), "kept expert ids differ from the one-process layer"
     assert torch.equal(torch.cat([g[1] for g in got]), want_gates)
@@ -144,6 +148,11 @@ def test_config_hash_is_equal_for_equal_configs_and_differs_with_any_field():
     for changed in (config.replace(d_model=8), config.replace(moe=tm.MoEConfig(n_experts=4, top_k=1)),
                     config.replace(moe=tm.MoEConfig(n_experts=4, capacity_factor=1.0))):
         assert config_hash(changed) != config_hash(config), f"hash ignores a change: {changed}"
+
+
+def test_plan_refuses_experts_that_do_not_split_evenly():
+    with pytest.raises(ConfigError, match="n_experts=6 is not divisible by world_size=4"):
+        exchange_plan(torch.zeros(4, 1, 6, dtype=torch.int64), torch.zeros(4), None, 4)
 
 
 def test_exchange_bytes_of_an_even_routing_equal_the_expected_formula():

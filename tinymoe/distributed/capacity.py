@@ -24,7 +24,24 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-__all__ = ["seats_kept", "drop_overflow"]
+from ..config import ConfigError
+from ..moe.capacity import capacity
+
+__all__ = ["experts_per_rank", "slot_counts", "seats_kept", "exchange_plan", "drop_overflow"]
+
+
+def experts_per_rank(n_experts: int, world_size: int) -> int:
+    """E_local = n_experts / world_size, which must be whole: every rank holds as many experts."""
+    if n_experts % world_size != 0:
+        raise ConfigError("moe.n_experts", n_experts,
+                          f"is not divisible by world_size={world_size}: every rank holds the same number of "
+                          f"experts (n_experts / world_size); use a multiple of {world_size}")
+    return n_experts // world_size
+
+
+def slot_counts(chosen_ids: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """chosen_ids (N, k) -> (k, n_experts): how many tokens chose each expert in each slot."""
+    return F.one_hot(chosen_ids, n_experts).sum(dim=0)                    # (k, E)
 
 
 def seats_kept(counts: torch.Tensor, expert_capacity: int) -> torch.Tensor:
@@ -34,6 +51,23 @@ def seats_kept(counts: torch.Tensor, expert_capacity: int) -> torch.Tensor:
     before = seating.cumsum(dim=0) - seating                                # (k*W, E) seats taken earlier
     kept = (expert_capacity - before).clamp(min=0).minimum(seating)         # (k*W, E)
     return kept.reshape(k, W, E).transpose(0, 1)                            # (W, k, E)
+
+
+def exchange_plan(counts: torch.Tensor, n_tokens: torch.Tensor, capacity_factor: float | None,
+                  world_size: int) -> dict:
+    """What every rank derives from the exchanged counts, (world_size, top_k, n_experts) chosen
+    slots and (world_size,) tokens per rank: {"capacity" (None: dropless), "kept" (W, k, E),
+    "routing_counts" (W, E) pairs each rank sends to each expert, "pairs" (W, W) pairs rank s
+    sends to rank d}."""
+    W, k, E = counts.shape
+    if capacity_factor is None:
+        expert_capacity, kept = None, counts
+    else:
+        expert_capacity = capacity(int(n_tokens.sum()) * k, E, capacity_factor)
+        kept = seats_kept(counts, expert_capacity)                          # (W, k, E)
+    routing_counts = kept.sum(dim=1)                                        # (W, E)
+    pairs = routing_counts.reshape(W, world_size, experts_per_rank(E, world_size)).sum(dim=-1)  # (W src, W dst)
+    return {"capacity": expert_capacity, "kept": kept, "routing_counts": routing_counts, "pairs": pairs}
 
 
 def drop_overflow(expert_ids: torch.Tensor, gates: torch.Tensor, kept: torch.Tensor):

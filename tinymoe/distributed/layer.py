@@ -47,13 +47,11 @@ import dataclasses
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 
 from ..config import ConfigError, ModelConfig
 from ..moe import Experts, SharedExperts, get_dispatch, make_router
-from ..moe.capacity import capacity
 from ..trace import Trace, record
-from .capacity import drop_overflow, seats_kept
+from .capacity import drop_overflow, exchange_plan, experts_per_rank, slot_counts
 from .exchange import all_to_all
 from .group import ExpertParallelError, ExpertParallelGroup, agree_on_config
 from .traffic import COUNT_BYTES
@@ -87,15 +85,12 @@ class ExpertParallelMoE(nn.Module):
             raise ConfigError("moe.router", moe.router,
                               f"picks tokens across the whole batch, which does not split by rank: expert "
                               f"parallelism needs a token-choice router ({', '.join(TOKEN_CHOICE_ROUTERS)})")
-        if moe.n_experts % group.world_size != 0:
-            raise ConfigError("moe.n_experts", moe.n_experts,
-                              f"is not divisible by world_size={group.world_size}: every rank holds the same "
-                              f"number of experts (n_experts / world_size); use a multiple of {group.world_size}")
+        n_local = experts_per_rank(moe.n_experts, group.world_size)          # E_local, or a ConfigError
         self.device = torch.device("cuda", torch.cuda.current_device()) if group.backend == "nccl" else torch.device("cpu")
         agree_on_config(config, group, self.device)                          # every rank: the same layer
         self.config, self.group, self.name = config, group, name
         self.n_experts, self.top_k, self.dispatch = moe.n_experts, moe.top_k, moe.dispatch
-        self.n_local = moe.n_experts // group.world_size                     # E_local
+        self.n_local = n_local
         self.first_expert = group.rank * self.n_local                        # global id of local expert 0
         self.d_ff = config.ff_dim if moe.d_ff_expert is None else moe.d_ff_expert
         self.router = make_router(_dropless(config))
@@ -183,7 +178,7 @@ class ExpertParallelMoE(nn.Module):
         chosen, gates = routing.chosen_ids, routing.gates                    # (N, k), (N, k)
 
         # 2. exchange the counts (and the step, to catch a rank that skipped one)
-        local_counts = F.one_hot(chosen, E).sum(dim=0)                       # (k, E) slot-j choices of expert e
+        local_counts = slot_counts(chosen, E)                                # (k, E) slot-j choices of expert e
         header = torch.cat([torch.tensor([step, N]), local_counts.reshape(k * E).cpu()]).to(self.device)
         table = self._gather_counts(header, step)                            # (W, 2 + k*E)
         n_tokens = table[:, 1]                                               # (W,)
@@ -191,16 +186,13 @@ class ExpertParallelMoE(nn.Module):
 
         # 3. capacity: the same seats as one process holding all W batches
         moe = self.config.moe
-        if moe.capacity_factor is None:
-            expert_capacity, kept = None, counts
+        plan = exchange_plan(counts, n_tokens, moe.capacity_factor, W)
+        expert_capacity, routing_counts = plan["capacity"], plan["routing_counts"]   # (W, E) pairs src rank -> expert
+        if expert_capacity is None:
             expert_ids, dropped = chosen, torch.zeros_like(chosen, dtype=torch.bool)
         else:
-            expert_capacity = capacity(int(n_tokens.sum()) * k, E, moe.capacity_factor)
-            kept = seats_kept(counts, expert_capacity)                       # (W, k, E)
-            expert_ids, gates, dropped = drop_overflow(chosen, gates, kept[rank].to(chosen.device))
-        routing_counts = kept.sum(dim=1)                                     # (W, E) pairs src rank -> expert
-        pairs = routing_counts.reshape(W, W, E_local).sum(dim=-1)            # (W src, W dst)
-        send_counts, recv_counts = pairs[rank].tolist(), pairs[:, rank].tolist()
+            expert_ids, gates, dropped = drop_overflow(chosen, gates, plan["kept"][rank].to(chosen.device))
+        send_counts, recv_counts = plan["pairs"][rank].tolist(), plan["pairs"][:, rank].tolist()
 
         # 4. send: kept (token, slot) pairs sorted by expert = grouped by the rank that owns it
         flat_ids = expert_ids.reshape(N * k)                                 # (N*k,) pair p = token p // k, slot p % k
