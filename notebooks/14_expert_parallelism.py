@@ -246,6 +246,21 @@ for rank in range(world_size):
     assert measured == counted["total"]
 
 # %% [markdown]
+# ## Your turn: the explorer
+#
+# The explorer routes seeded tokens with the same router every rank holds, splits them into
+# `world_size` batches and draws what the ranks would exchange, with the same core functions the
+# layer uses (`slot_counts`, `exchange_plan`, `exchange_bytes`); it starts no processes. Add ranks and
+# watch the grid grow and each rank's bytes approach the even-routing formula; add experts and see
+# that the bytes hardly move; lower the capacity factor and watch pairs being dropped before they
+# are sent. Try 3 ranks with 4 experts.
+
+# %%
+from tinymoe.viz.expert_parallel_explorer import ExpertParallelExplorer
+
+ExpertParallelExplorer(world_size=2, n_experts=4, top_k=2, tokens_per_rank=8, d_model=64)
+
+# %% [markdown]
 # ## The same at a larger size
 #
 # The third run had 256 tokens per rank, `d_model = 64`, 8 experts, top-2. A router that spreads tokens
