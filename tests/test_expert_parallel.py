@@ -102,7 +102,8 @@ def test_a_rank_that_stops_calling_the_layer_is_named_after_the_timeout(two_rank
     error = two_ranks[0]["hang"]
     assert error["type"] == "ExpertParallelError", error
     assert "step 1" in error["message"] and "rank 1 (last seen at step 0)" in error["message"], error["message"]
-    assert error["seconds"] < workers.FAILURE_TIMEOUT + 2.0, f"took {error['seconds']:.1f} s, timeout {workers.FAILURE_TIMEOUT} s"
+    assert workers.FAILURE_TIMEOUT - 0.5 < error["seconds"] < workers.FAILURE_TIMEOUT + 2.0, \
+        f"took {error['seconds']:.1f} s: a hung peer is noticed at the {workers.FAILURE_TIMEOUT} s timeout"
 
 
 @pytest.mark.slow

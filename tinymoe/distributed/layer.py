@@ -22,7 +22,13 @@ summed over ranks as data parallelism does for every replicated weight. The retu
 this rank's share: summed over the ranks they are the single-process layer's losses.
 
 Token-choice routers only (softmax_topk, switch, noisy_topk, sigmoid_bias): expert choice and
-soft MoE pick over the whole batch at once, which does not split by rank.
+soft MoE pick over the whole batch at once, which does not split by rank. (noisy_topk draws its
+training noise from each rank's own generator, so only its eval mode matches one process exactly.)
+
+Every rank must call the layer once per step, even with no tokens, with the same requires_grad:
+backward runs the exchanges again and every rank has to take part. A rank that skips a step, dies
+or hangs becomes an `ExpertParallelError` on the others naming it and the step (the step number
+travels with the counts, and each rank leaves a mark in the store as it arrives).
 
 Trace names (under the layer's name), besides the single-process ones (x, router_logits,
 router_probs, chosen_ids, expert_ids, gates, dropped, expert_load, capacity, out):
@@ -123,8 +129,8 @@ class ExpertParallelMoE(nn.Module):
         if behind:
             who = ", ".join(f"rank {r} ({'never seen' if m is None else f'last seen at step {m}'})"
                             for r, m in behind.items())
-            message = (f"rank {self.group.rank}: {where}: {who} did not reach this step within the "
-                       f"{self.group.timeout:g} s timeout: it died, hangs or skipped the layer [{cause}]")
+            message = (f"rank {self.group.rank}: {where}: {who} never reached this step: it died, hangs or "
+                       f"skipped the layer (collective timeout {self.group.timeout:g} s) [{cause}]")
         else:
             message = (f"rank {self.group.rank}: {where}: the exchange failed although every rank reached this "
                        f"step (one died or hangs inside it) [{cause}]")
