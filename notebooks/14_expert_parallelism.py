@@ -43,7 +43,7 @@ from tinymoe import viz
 from tinymoe.distributed import (exchange_bytes, expected_bytes_per_rank, expert_flops_per_rank, launch,
                                  exchange_plan, seats_kept, slot_counts)
 from tinymoe.distributed.demo import run_steps
-from tinymoe.moe import moe_parameter_counts
+from tinymoe.moe import capacity, moe_parameter_counts
 
 torch.manual_seed(0)
 torch.set_printoptions(precision=2, sci_mode=False)
@@ -219,10 +219,12 @@ for rank in range(world_size):
 # %%
 capped_traces = [results[rank][1]["trace"] for rank in range(world_size)]
 chosen = [capped_traces[rank]["moe.chosen_ids"] for rank in range(world_size)]      # (N, k) per rank
-choice_counts = torch.stack([slot_counts(c, 4) for c in chosen])          # (W, k, E)
-expert_capacity = int(capped_traces[0]["moe.capacity"])
+choice_counts = torch.stack([slot_counts(c, capped.moe.n_experts) for c in chosen])   # (W, k, E)
+n_all, cf, k, E = world_size * 5, capped.moe.capacity_factor, capped.moe.top_k, capped.moe.n_experts
+expert_capacity = capacity(n_all * k, E, cf)                               # the one-process formula, all tokens
+assert expert_capacity == int(capped_traces[0]["moe.capacity"])
 kept = seats_kept(choice_counts, expert_capacity)                          # (W, k, E)
-print(f"capacity = ceil(1.0 * {2 * 5} tokens * 2 / 4) = {expert_capacity} pairs per expert")
+print(f"capacity = ceil({cf} * {n_all} tokens * {k} / {E}) = {expert_capacity} pairs per expert")
 print("chosen pairs per expert:", choice_counts.sum(dim=(0, 1)).tolist(), "-> kept:", kept.sum(dim=(0, 1)).tolist())
 assert torch.equal(kept.sum(dim=1), capped_traces[0]["moe.routing_counts"]), "the seats the layer used"
 viz.row(*(viz.show(capped_traces[rank], "moe.expert_ids", row_labels=tokens[rank], col_labels=["1st", "2nd"],
