@@ -17,6 +17,7 @@ output is from the one-process layer's on the same tokens.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -79,9 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     trace = result["trace"]
     diff = "" if result["max_abs_diff"] is None else f", |out - one process| <= {result['max_abs_diff']:.1e}"
     first = group.rank * args.experts // group.world_size
-    print(f"rank {group.rank}/{group.world_size} ({group.backend}): experts {first}..{first + args.experts // group.world_size - 1}, "
-          f"sent {trace['moe.send_counts'].tolist()} pairs, received {trace['moe.recv_counts'].tolist()}, "
-          f"{int(trace['moe.bytes_moved'])} bytes moved, step {result['seconds'] * 1e3:.1f} ms{diff}", flush=True)
+    line = (f"rank {group.rank}/{group.world_size} ({group.backend}): experts {first}..{first + args.experts // group.world_size - 1}, "
+            f"sent {trace['moe.send_counts'].tolist()} pairs, received {trace['moe.recv_counts'].tolist()}, "
+            f"{int(trace['moe.bytes_moved'])} bytes moved, step {result['seconds'] * 1e3:.1f} ms{diff}\n")
+    sys.stdout.write(line)                     # one write: the ranks share the terminal, lines must not interleave
+    sys.stdout.flush()
     dist.destroy_process_group()
 
 
