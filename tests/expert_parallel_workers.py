@@ -30,6 +30,7 @@ CASES = {
     "empty/dropless": ("empty", None, "softmax_topk", "dense", 2),
     "empty/capacity": ("empty", 1.0, "softmax_topk", "grouped", 2),
     "switch/capacity": ("random", 1.0, "switch", "grouped", 1),
+    "sigmoid_bias/capacity": ("random", 1.0, "sigmoid_bias", "grouped", 2),
 }
 
 
@@ -101,6 +102,8 @@ def compare_case(group: ExpertParallelGroup, case: str) -> dict[str, float]:
         shared = torch.cat([_grad(p).reshape(-1) for p in layer.shared.parameters()])
         dist.all_reduce(shared, group=group.process_group)
         diffs["shared.grad"] = (shared - torch.cat([p.grad.reshape(-1) for p in reference.shared.parameters()])).abs().max().item()
+    if config.moe.router == "sigmoid_bias":                                 # aux-loss-free step from the global load
+        diffs["selection_bias"] = (layer.update_bias() - reference.update_bias()).abs().max().item()
     kept = int((trace[f"moe[{case}].expert_ids"] >= 0).sum())
     return {"diffs": diffs, "dropped": int(trace[f"moe[{case}].dropped"].sum()), "kept": kept,
             "local_load": trace[f"moe[{case}].local_expert_load"].tolist(),
