@@ -43,7 +43,8 @@ router_probs, chosen_ids, expert_ids, gates, dropped, expert_load, capacity, out
     recv_src_ranks (M_in,), recv_expert_ids (M_in,)   where each received row came from, for which expert
     expert_out (M_in, d_model) the local experts' outputs (before gating), sent back
     local_expert_load (E_local,)  rows each local expert processed
-    bytes_sent (W,), bytes_received (W,)   token + result bytes to / from each rank (own entry 0)
+    bytes_sent (W,), bytes_received (W,)   token + result bytes to / from each rank, measured on the
+                               buffers handed to the all-to-alls (own entry 0: that chunk stays home)
     bytes_moved ()             everything this rank sent to others, count table included
 """
 from __future__ import annotations
@@ -60,7 +61,6 @@ from ..trace import Trace, record
 from .capacity import drop_overflow, exchange_plan, experts_per_rank, slot_counts
 from .exchange import all_to_all
 from .group import ExpertParallelError, ExpertParallelGroup, agree_on_config
-from .traffic import COUNT_BYTES
 
 __all__ = ["ExpertParallelMoE", "TOKEN_CHOICE_ROUTERS"]
 
@@ -76,6 +76,12 @@ def _dropless(config: ModelConfig) -> ModelConfig:
     else:
         moe = dataclasses.replace(moe, capacity_factor=None)
     return dataclasses.replace(config, moe=moe)
+
+
+def _bytes_per_rank(buffer: torch.Tensor, counts: list[int], rank: int) -> torch.Tensor:
+    """(W,) bytes of each rank's chunk of an all-to-all buffer, 0 for this rank's own chunk."""
+    return torch.tensor([0 if d == rank else chunk.nelement() * chunk.element_size()
+                         for d, chunk in enumerate(buffer.split(counts))])
 
 
 class ExpertParallelMoE(nn.Module):
@@ -240,9 +246,10 @@ class ExpertParallelMoE(nn.Module):
         self.last_expert_load = routing_counts.sum(dim=0)                    # (E,) global load
 
         if trace is not None:
-            row = d_model * x.element_size()
-            to_others = torch.tensor([0 if d == rank else c for d, c in enumerate(send_counts)])
-            from_others = torch.tensor([0 if s == rank else c for s, c in enumerate(recv_counts)])
+            # bytes measured on the buffers handed to the all-to-alls; a rank's own chunk stays home
+            sent_bytes = _bytes_per_rank(sent, send_counts, rank) + _bytes_per_rank(expert_out, recv_counts, rank)
+            received_bytes = _bytes_per_rank(received, recv_counts, rank) + _bytes_per_rank(returned, send_counts, rank)
+            count_bytes = (W - 1) * header.nelement() * header.element_size()
             for name, value in (("router_logits", routing.logits), ("router_probs", routing.probs),
                                 ("chosen_ids", chosen), ("expert_ids", expert_ids), ("gates", gates),
                                 ("dropped", dropped), ("expert_load", self.last_expert_load),
@@ -252,13 +259,11 @@ class ExpertParallelMoE(nn.Module):
                                 ("recv_src_ranks", torch.arange(W).repeat_interleave(torch.tensor(recv_counts))),
                                 ("recv_expert_ids", recv_local_ids + self.first_expert), ("expert_out", expert_out),
                                 ("local_expert_load", recv_load.sum(dim=0)),
-                                ("bytes_sent", (to_others + from_others) * row),
-                                ("bytes_received", (from_others + to_others) * row)):
+                                ("bytes_sent", sent_bytes), ("bytes_received", received_bytes)):
                 record(trace, name, value)
             if expert_capacity is not None:
                 record(trace, "capacity", torch.tensor(expert_capacity))
-            count_bytes = (W - 1) * header.numel() * COUNT_BYTES
-            record(trace, "bytes_moved", torch.tensor(int((to_others + from_others).sum()) * row + count_bytes))
+            record(trace, "bytes_moved", torch.tensor(int(sent_bytes.sum()) + count_bytes))
             record(trace, "routed_out", routed)
             record(trace, "out", out, "output")
             record(trace, "load_balancing_loss", load_balancing)
