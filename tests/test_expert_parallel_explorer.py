@@ -1,6 +1,5 @@
 """ExpertParallelExplorer: sliders -> the core's exchange plan -> grid, counts, bytes; bad combinations keep the picture."""
 import numpy as np
-import torch
 
 from tinymoe.distributed import expected_bytes_per_rank
 from tinymoe.viz.expert_parallel_explorer import ExpertParallelExplorer
@@ -14,9 +13,10 @@ def test_moving_the_ranks_reshapes_the_grid_and_the_bytes_follow():
     assert explorer.shapes == {"grid": (4, 4), "routing_counts": (4, 4)}
     assert "grid (4, 4)" in explorer.shape_label
     curves = explorer.curve_data
-    sent = curves["bytes sent (from the routing)"][1]
-    assert len(sent) == 4 and (sent > 0).all(), f"every rank sends something: {sent}"
-    formula = expected_bytes_per_rank(16, 2, 64, 4, 4, n_experts=4)
+    sizes, busiest = curves["busiest rank, this routing"]
+    assert list(sizes) == [1, 2, 4], f"world sizes that divide 4 experts: {sizes}"
+    assert busiest[0] == 0 and (busiest[1:] > 0).all(), f"one rank sends nothing, more ranks do: {busiest}"
+    formula = [expected_bytes_per_rank(16, 2, 64, w, 4, n_experts=4) for w in (1, 2, 4)]
     assert np.allclose(curves["even-routing formula"][1], formula)
     # every pair is counted once: the grid sums to all ranks' tokens times top_k (dropless)
     assert int(explorer.heatmap_data.sum()) == 4 * 16 * 2

@@ -8,8 +8,8 @@ layer itself uses (`tinymoe.distributed`: slot_counts, exchange_plan, exchange_b
   sheets   the all-to-all grid (pairs rank s sends to rank d) and the routing counts (pairs
            from each rank to each expert), a picture when too big
   heatmap  the routing counts, ranks as rows, experts as columns
-  curves   bytes each rank sends to the others (tokens out, results back, count table) against
-           the even-routing formula
+  curves   bytes the busiest rank sends to the others (tokens out, results back, count table)
+           for every world size that divides n_experts, against the even-routing formula
   notes    experts per rank, capacity and dropped pairs, expert flops per rank, flops per byte
 
 No processes are started: a real run is in notebook 14 and the tests (the layer's own trace
@@ -48,6 +48,15 @@ class ExpertParallelExplorer(Explorer):
                     "capacity_factor": dropdown(factor, list(CAPACITY_FACTORS))}
         super().__init__(controls, seed=seed)
 
+    def _plan(self, router, x: torch.Tensor, W: int, E: int, N: int, factor):
+        """The exchange plan of W ranks with N of the seeded tokens each, and each rank's bytes sent."""
+        chosen = router(x[:W * N]).chosen_ids                                       # (W*N, k) before capacity
+        counts = torch.stack([slot_counts(c, E) for c in chosen.split(N)])         # (W, k, E)
+        plan = exchange_plan(counts, torch.full((W,), N), factor, W)                # ConfigError if W does not divide E
+        k, d_model = counts.shape[1], x.shape[1]
+        sent = [exchange_bytes(plan["pairs"][r], plan["pairs"][:, r], r, d_model, 4, k, E)["total"] for r in range(W)]
+        return counts, plan, sent
+
     @torch.no_grad()
     def build(self, values: dict) -> View:
         W, E, k, N, d_model = (values[n] for n in ("world_size", "n_experts", "top_k", "tokens_per_rank", "d_model"))
@@ -57,15 +66,16 @@ class ExpertParallelExplorer(Explorer):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             router = make_router(config)
-        x = torch.randn(W * N, d_model, generator=torch.Generator().manual_seed(self.seed + 1))  # (W*N, d_model)
-        chosen = router(x).chosen_ids                                               # (W*N, k) before capacity
-        counts = torch.stack([slot_counts(c, E) for c in chosen.split(N)])         # (W, k, E)
-        plan = exchange_plan(counts, torch.full((W,), N), factor, W)                # ConfigError if W does not divide E
+        max_ranks = self.controls["world_size"].max
+        x = torch.randn(max_ranks * N, d_model, generator=torch.Generator().manual_seed(self.seed + 1))  # (8N, d_model)
+        counts, plan, sent = self._plan(router, x, W, E, N, factor)
         pairs, routing_counts = plan["pairs"], plan["routing_counts"]              # (W, W), (W, E)
-        sent = [exchange_bytes(pairs[r], pairs[:, r], r, d_model, 4, k, E)["total"] for r in range(W)]
         expected = expected_bytes_per_rank(N, k, d_model, W, 4, n_experts=E)
         flops = expert_flops_per_rank(N, k, d_model, config.ff_dim)
         dropped = int(counts.sum() - plan["kept"].sum())
+        # the same routing on every world size that divides n_experts: the busiest rank's bytes
+        sizes = [w for w in range(1, max_ranks + 1) if E % w == 0]
+        busiest = [max(self._plan(router, x, w, E, N, factor)[2]) for w in sizes]
         ranks = [f"rank {r}" for r in range(W)]
         sheets = [sheet(pairs, "all-to-all grid", decimals=0, row_labels=[f"from {r}" for r in ranks],
                         col_labels=[f"to {r}" for r in ranks], note="pairs from rank s to rank d", max_cells=64),
@@ -82,7 +92,8 @@ class ExpertParallelExplorer(Explorer):
                     shape_label=f"grid ({W}, {W}) · routing counts ({W}, {E}) · {E // W} experts per rank · "
                                 f"most bytes sent by a rank {max(sent):,}",
                     sheets=sheets, heatmap=routing_counts.float(), heatmap_title="pairs: ranks (rows) × experts (columns)",
-                    heatmap_panels=None, notes=notes,
-                    curves={"bytes sent (from the routing)": (list(range(W)), sent),
-                            "even-routing formula": (list(range(W)), [expected] * W)},
-                    curve_axes=("rank", "bytes per step"))
+                    notes=notes,
+                    curves={"busiest rank, this routing": (sizes, busiest),
+                            "even-routing formula": (sizes, [expected_bytes_per_rank(N, k, d_model, w, 4, n_experts=E)
+                                                             for w in sizes])},
+                    curve_axes=("world_size (ranks)", "bytes sent per rank per step"))
