@@ -40,8 +40,8 @@ import torch
 
 import tinymoe as tm
 from tinymoe import viz
-from tinymoe.distributed import (exchange_bytes, expected_bytes_per_rank, expert_flops_per_rank, launch,
-                                 exchange_plan, seats_kept, slot_counts)
+from tinymoe.distributed import (exchange_bytes, exchange_plan, expected_bytes_per_rank, expert_flops_per_rank,
+                                 experts_per_rank, launch, seats_kept, slot_counts)
 from tinymoe.distributed.demo import run_steps
 from tinymoe.moe import capacity, moe_parameter_counts
 
@@ -80,8 +80,8 @@ print(f"{tokens_per_step} tokens x top-{mixtral.moe.top_k} slots, {mixtral.d_mod
 # %%
 world_size = 2
 small = tm.ModelConfig(d_model=4, n_heads=1, d_ff=6, moe=tm.MoEConfig(n_experts=4, top_k=2))
-experts_per_rank = small.moe.n_experts // world_size
-owner = torch.arange(small.moe.n_experts) // experts_per_rank                # (n_experts,)
+E_local = experts_per_rank(small.moe.n_experts, world_size)                # a ConfigError if it does not divide
+owner = torch.arange(small.moe.n_experts) // E_local                        # (n_experts,)
 viz.sheet(owner[None], "rank holding each expert", decimals=0, row_labels=["rank"],
           col_labels=[f"e{e}" for e in range(small.moe.n_experts)], note="experts as columns")
 
@@ -302,20 +302,22 @@ axes[0].set(xscale="log", yscale="log", xlabel="tokens per rank", title="grow th
 E = np.array([2, 4, 8, 16, 32, 64, 128])
 axes[1].plot(E, expected_bytes_per_rank(256, top_k, d_model, 2, 4, n_experts=E), "o-", label="bytes sent per rank")
 axes[1].plot(E, expert_flops_per_rank(256, top_k, d_model, d_ff) + 0 * E, "^-", color="#444", label="expert flops")
-axes[1].plot(E, E / 2 * 3 * d_model * d_ff * 4, "d:", color="#999", label="expert weight bytes per rank")
+weights = [moe_parameter_counts(large.replace(moe=dataclasses.replace(large.moe, n_experts=int(e))))["experts"] for e in E]
+axes[1].plot(E, np.array(weights) / 2 * 4, "d:", color="#999", label="expert weight bytes per rank")
 axes[1].set(xscale="log", yscale="log", xlabel="n_experts (W = 2, 256 tokens)", title="grow the experts")
 W = np.array([1, 2, 4, 8, 16, 32, 64])
 axes[2].plot(W, expected_bytes_per_rank(256, top_k, d_model, W, 4), "o-", label="token + result bytes per rank")
-axes[2].plot(W, expert_flops_per_rank(256, top_k, d_model, d_ff) / (3 * d_ff / 4) + 0 * W, "--", color="#444",
-             label="same at W -> infinity")
+far = 10 ** 12                                                              # W -> infinity: (W - 1) / W -> 1
+axes[2].plot(W, expected_bytes_per_rank(256, top_k, d_model, far, 4) + 0 * W, "--", color="#444", label="W -> infinity")
 axes[2].set(xscale="log", xlabel="ranks (256 tokens per rank)", title="grow the ranks")
 for ax in axes:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 plt.tight_layout()
 plt.show()
-print(f"flops per byte sent at W = 2: {expert_flops_per_rank(1, top_k, d_model, d_ff) / expected_bytes_per_rank(1, top_k, d_model, 2, 4):.0f}; "
-      f"as W grows: {3 * d_ff / 4:.0f} (= 3 d_ff / 4 bytes)")
+intensity = {w: expert_flops_per_rank(1, top_k, d_model, d_ff) / expected_bytes_per_rank(1, top_k, d_model, w, 4)
+             for w in (2, far)}
+print(f"flops per byte sent at W = 2: {intensity[2]:.0f}; as W grows: {intensity[far]:.0f} (= 3 d_ff / 4 bytes per float32)")
 
 # %% [markdown]
 # ## On several GPUs and machines: torchrun
