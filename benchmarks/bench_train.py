@@ -66,7 +66,7 @@ def run(size: str = "notebook", rounds: int = 3, steps: int = 6, device: str = "
 
 
 def report(result: dict) -> str:
-    lines = [f"training throughput, {result['size']} size on {result['device']} ({result['threads']} threads), "
+    lines = [f"training throughput, {result['size']} size on {result['device']} ({result['threads']} thread{'s' if result['threads'] != 1 else ''}), "
              f"{result['rounds']} interleaved rounds of {result['steps']} steps, {result['tokens_per_step']:,} tokens a step",
              f"parameters: MoE {result['params']['moe_total']:,} total; dense baseline {result['params']['dense']:,}",
              f"{'path':<14}{'tokens/s':>12}{'/ dense':>10}"]

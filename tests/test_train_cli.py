@@ -75,3 +75,29 @@ def test_bad_settings_exit_with_the_field_named(args, field, capsys):
     assert main(["--steps", "1", *args, *FEW_STEPS]) == 2
     err = capsys.readouterr().err
     assert field in err, f"expected an error naming {field!r}:\n{err[-1500:]}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_readable_checkpoint(tmp_path):
+    import signal
+    import time
+
+    checkpoint = tmp_path / "run.pt"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    run = subprocess.Popen([sys.executable, "-m", "tinymoe.train", "--steps", "100000", "--checkpoint", str(checkpoint),
+                            "--checkpoint-every", "2", *FEW_STEPS], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        assert checkpoint.exists(), f"no checkpoint appeared: {run.poll()=}"
+        time.sleep(0.5)                                               # let it get into later steps and writes
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130 and "interrupted; the last checkpoint is in" in err, (run.returncode, err[-1500:])
+    state = load_checkpoint(checkpoint)
+    assert state["step"] >= 2 and len(state["history"]["rows"]) == state["step"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"], "a temporary file was left behind"

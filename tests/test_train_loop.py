@@ -156,3 +156,10 @@ def test_dense_baseline_has_the_active_parameters_of_the_moe():
 def test_bad_training_settings_name_the_field(field, value, rule):
     with pytest.raises(ConfigError, match=rf"{field}=.*{re.escape(rule)}"):
         TrainConfig(**{field: value}).validate()
+
+
+def test_terminal_progress_bar_shows_step_loss_validation_loss_and_tokens_per_second(data, capsys):
+    train(small_model(data.vocab_size), data, small_train_config(steps=4, eval_every=2, progress=True))
+    bar = capsys.readouterr().err.split("\r")[-1]                  # the bar's last redraw
+    for text in ("4/4", "loss=", "val=", "tok/s="):
+        assert text in bar, f"{text!r} missing from the progress bar: {bar!r}"

@@ -9,7 +9,8 @@
     history = train(model, data, TrainConfig(steps=400, checkpoint_path="run.pt"))
     history["loss"], history.val, history["expert_load"]       # per-step metrics
 
-    train(model, data, TrainConfig(steps=800, ...), resume=True)   # continues run.pt exactly
+    train(model, data, TrainConfig(steps=400, checkpoint_path="run.pt"), resume=True)
+    # after a Ctrl-C: continues run.pt exactly (a checkpoint made with other settings is refused)
 
 `train(model, data, config, callbacks=(), resume=False) -> History` works for any nn.Module
 whose forward(tokens) returns logits, a (logits, aux_losses) pair or an object with .logits

@@ -2,6 +2,9 @@
 
 tqdm.auto picks the right bar: a text bar on stderr in a terminal, an ipywidgets bar in a
 notebook. The numbers go in the bar's postfix, so a long run shows how it is going at a glance.
+In a notebook the bar is shown through a display handle that is refreshed when the run ends, so
+the plain-text copy a saved notebook keeps (for viewers without the live widget) is the final
+state, not the empty bar of the first moment.
 """
 from __future__ import annotations
 
@@ -12,11 +15,16 @@ class ProgressBar:
     """A tqdm bar over optimizer steps; `update(row)` advances it one step and shows the row's numbers."""
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
-        self.bar = None
+        self.bar = self.handle = None
         self.last_val = None
         if enabled:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+            in_notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)   # the widget bar
+            options = dict(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(**options, display=False) if in_notebook else tqdm(**options)
+            if in_notebook:
+                from IPython.display import display
+                self.handle = display(self.bar.container, display_id=True)
 
     def update(self, row: dict) -> None:
         if row.get("val_loss") is not None:
@@ -33,3 +41,5 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.handle is not None:
+            self.handle.update(self.bar.container)           # the saved text copy: the final state
