@@ -40,12 +40,16 @@ def shortcut_message(used) -> str:
 
 
 def allow_code(cls):
-    """Mark a class whose methods a case hands the learner (an expert to call): calling it is allowed."""
+    """Mark a class whose methods a case hands the learner (an expert to call), or the grader's own
+    plumbing that runs inside the learner's frames (a print sink): calling it is no shortcut."""
     for value in vars(cls).values():
         code = getattr(value, "__code__", None)
         if code is not None:
             _PROVIDED_CODE.add(code)
     return cls
+
+
+allow_code.add = lambda fn: _PROVIDED_CODE.add(fn.__code__)
 
 
 # ---- reading the code ---------------------------------------------------------------------------
