@@ -274,8 +274,9 @@ def test_each_attack_scores_only_what_it_really_solved(attacked, student):
 def test_honest_correct_gets_full_marks_and_honest_wrong_partial_credit(attacked):
     assert attacked["graded"]["honest_correct"].total == 2
     wrong = {r.question: r for r in attacked["graded"]["honest_wrong"].results}
-    assert wrong["attention"].misconception == "no_scale" and 0 < wrong["attention"].score < 1, \
-        f"no-scale attention: {wrong['attention'].score} points, {wrong['attention'].misconception}"
+    assert wrong["safe_softmax"].misconception == "no_max_shift", wrong["safe_softmax"].text
+    for r in wrong.values():
+        assert 0 < r.score < 1, f"honest but wrong {r.question}: {r.score} points, expected partial credit"
 
 
 def test_no_submission_file_changed(attacked):

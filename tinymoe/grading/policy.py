@@ -112,7 +112,7 @@ class _Module:
                         self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
             for node in tree.body:
                 for name, value in _defines(node):
-                    self.definitions.setdefault(name, []).append(value)
+                    self.definitions[name] = [value]        # the last definition is the one that runs
 
     def resolve(self, parts: list[str]) -> str:
         head = self.aliases.get(parts[0], parts[0])
@@ -156,6 +156,11 @@ def scan_cells(sources, function: str, forbidden, allowed=()) -> list[str]:
                         hit = _matches(module.aliases[node.id], forbidden, allowed)
                     if node.id in module.definitions:
                         todo.append(node.id)
+                elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+                      and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+                      and isinstance(node.args[1].value, str) and _dotted(node.args[0])):
+                    dotted = f"{module.resolve(_dotted(node.args[0]))}.{node.args[1].value}"   # getattr(torch, "softmax")
+                    hit = _matches(dotted, forbidden, allowed)
                 elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
                     hit = _matches(node.value.strip(), [f for f in forbidden if not f.startswith(".")], allowed)
                 if hit:

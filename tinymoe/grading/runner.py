@@ -153,7 +153,8 @@ def _call(shell, message, checks, wire, Tripwire) -> dict:
         _disarm()
     except checks.LearnerFailed as failed:
         _disarm()
-        return {"raised": {"type": type(failed.error).__name__, "summary": failed.summary,
+        kind = "KeyboardInterrupt" if isinstance(failed.error, KeyboardInterrupt) else type(failed.error).__name__
+        return {"raised": {"type": kind, "summary": failed.summary,
                            "not_implemented": isinstance(failed.error, NotImplementedError)},
                 "used": sorted(tripwire.used)}
     except BaseException as exc:                                  # noqa: BLE001 - the alarm after the call
