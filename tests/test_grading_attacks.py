@@ -180,7 +180,8 @@ subprocess.Popen([sys.executable, "-c", _script, "{MARKER}"], start_new_session=
     try:
         open(_path, "w").write("{{}}")
     except OSError:
-        pass'''], FAKES, (0, 0), []),
+        pass''', f'raise OSError("could not rewrite {other} nor read {solution_files[0]}")'], FAKES, (0, 0),
+                                      ["raised OSError: could not rewrite <path> nor read <path>"]),
         "imports_the_reference": (["from tinymoe.attention import safe_softmax as _reference"],
                                   {"safe_softmax": "def safe_softmax(x):\n    return _reference(x, dim=-1)",
                                    "attention": ATTENTION}, (0, 0), ["used the reference implementation"]),
