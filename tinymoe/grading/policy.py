@@ -198,9 +198,10 @@ def notebook_sources(fn) -> list[str]:
             return [s for s in history if isinstance(s, str)]
     except NameError:
         pass
-    try:
+    try:                                            # a script: its own file (a library's source is not the learner's)
         import inspect
-        return [inspect.getsource(inspect.getmodule(fn))]
+        module = inspect.getmodule(fn)
+        return [inspect.getsource(module)] if module is not None and module.__name__ == "__main__" else []
     except Exception:                               # noqa: BLE001 - no source to read
         return []
 
