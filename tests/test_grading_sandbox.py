@@ -34,8 +34,8 @@ def _run(code: str, workdir: Path, inside: bool = True, memory_mb: int = 0, cpu_
         cmd = sandbox.command(workdir, ["-c", code])
     else:
         cmd = [sys.executable, "-c", code]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir,
-                          preexec_fn=sandbox.limits(cpu_seconds, memory_mb))
+    done = subprocess.run(sandbox.limited(cmd, cpu_seconds, memory_mb), capture_output=True, text=True,
+                          timeout=timeout, cwd=workdir)
     assert done.stdout.strip(), f"the probe printed nothing (rc {done.returncode}): {done.stderr[-500:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -161,7 +161,7 @@ def test_memory_and_cpu_are_capped(workdir):
     assert _run(eat, workdir, memory_mb=1024) == "MemoryError"
     spin = sandbox.command(workdir, ["-c", "while True:\n    pass"])
     start = time.monotonic()
-    done = subprocess.run(spin, capture_output=True, timeout=60, preexec_fn=sandbox.limits(1, 0))
+    done = subprocess.run(sandbox.limited(spin, 1, 0), capture_output=True, timeout=60)
     assert done.returncode != 0 and time.monotonic() - start < 30, "a busy loop was not stopped by the CPU limit"
 
 

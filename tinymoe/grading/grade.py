@@ -139,9 +139,9 @@ class Session:
             cmd = [sys.executable, *argv]
             env = {"HOME": workdir, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(sandboxing.package_dir().parent),
                    **env}
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     cwd=workdir, env=None if sandboxed else env, start_new_session=True,
-                                     preexec_fn=sandboxing.limits(cpu_seconds, memory_mb))
+        self.proc = subprocess.Popen(sandboxing.limited(cmd, cpu_seconds, memory_mb), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=workdir,
+                                     env=None if sandboxed else env, start_new_session=True)
         self.lines: queue.Queue = queue.Queue()
         self.alive, self.hung = True, False
         self.reader = threading.Thread(target=self._read, daemon=True)

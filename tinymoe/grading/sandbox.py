@@ -21,13 +21,12 @@ passes `--unsafe-no-sandbox`, which the gradebook then records.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["SandboxUnavailable", "bwrap_path", "require", "command", "limits", "HOME"]
+__all__ = ["SandboxUnavailable", "bwrap_path", "require", "command", "limited", "HOME"]
 
 HOME = "/home/student"
 INSTALL = ("bubblewrap (bwrap) is needed to grade in a sandbox: on Debian/Ubuntu `sudo apt-get install "
@@ -90,16 +89,20 @@ def command(workdir: str | Path, argv: list[str], env: dict | None = None, tmp_s
     return cmd + ["--", python, *argv]
 
 
-def limits(cpu_seconds: float, memory_mb: int):
-    """A preexec function for subprocess: cap CPU seconds and address space (inherited by the sandbox)."""
-    def apply():
-        cpu = max(1, int(cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
-        if memory_mb:
-            size = int(memory_mb) * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (size, size))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return apply
+_LIMIT = ("import os, resource, sys\n"
+          "cpu, memory = int(sys.argv[1]), int(sys.argv[2])\n"
+          "resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))\n"
+          "if memory:\n"
+          "    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))\n"
+          "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
+          "os.execv(sys.argv[3], sys.argv[3:])\n")
+
+
+def limited(cmd: list[str], cpu_seconds: float, memory_mb: int) -> list[str]:
+    """`cmd` with CPU seconds and address space capped (rlimits, inherited by the sandbox and all in it).
+    Set by a tiny exec wrapper rather than a preexec_fn, which is unsafe while the grader runs threads."""
+    return [sys.executable, "-S", "-E", "-c", _LIMIT, str(max(1, int(cpu_seconds))),
+            str(int(memory_mb) * 1024 * 1024 if memory_mb else 0), *cmd]
 
 
 _CHECKED: dict = {}
