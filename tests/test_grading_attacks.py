@@ -316,5 +316,13 @@ def test_feedback_never_shows_other_files(attacked):
         assert "### BEGIN SOLUTION" not in text and "honest_correct.ipynb" not in text
 
 
-def test_grading_time_is_reported(attacked):
-    print(f"\n{len(ATTACKS)} adversarial submissions graded in {attacked['seconds']:.0f} s (2 at a time)")
+def test_the_table_of_attacks_is_printed(attacked):
+    """Run with -s to see it: every attack, what it scored, and why."""
+    rows = _rows(attacked["out"])
+    lines = ["| submission | safe_softmax | attention | total | reason |", "|---|---|---|---|---|"]
+    for student in ATTACKS:
+        row = rows[student]
+        lines.append(f"| {student} | {row['safe_softmax']} | {row['attention']} | {row['total']}/{row['max']} | "
+                     f"{row['reason'][:140]} |")
+    print(f"\n{len(ATTACKS)} submissions graded in {attacked['seconds']:.0f} s (2 at a time)\n" + "\n".join(lines))
+    assert len(lines) == len(ATTACKS) + 2

@@ -46,7 +46,7 @@ from pathlib import Path
 from . import sandbox as sandboxing
 from . import wire
 from .checks import LearnerFailed
-from .feedback import CHECKER_ERROR, CORRECT, INCORRECT, NOT_ATTEMPTED, Result, render_html, render_markdown
+from .feedback import CHECKER_ERROR, INCORRECT, NOT_ATTEMPTED, Result, render_html, render_markdown
 from .policy import forbidden_names, scan_source, shortcut_message
 
 __all__ = ["Graded", "grade_notebook", "grade_folder", "write_gradebook", "export", "read_overrides",
