@@ -105,6 +105,25 @@ def test_self_check_warns_about_a_shortcut_before_submission():
     assert r.status == INCORRECT and "used the reference implementation (torch.softmax)" in r.message
 
 
+def test_self_check_in_a_notebook_reads_the_cells_and_the_last_definition_wins():
+    from IPython.core.interactiveshell import InteractiveShell
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_cell("import torch\nfrom tinymoe.grading import exercise\nex = exercise('01')", store_history=True)
+        shell.run_cell("def safe_softmax(x):\n    if x.shape[-1] > 999:\n        return torch.softmax(x, -1)\n"
+                       "    e = (x - x.amax(-1, keepdim=True)).exp()\n    return e / e.sum(-1, keepdim=True)",
+                       store_history=True)
+        shell.run_cell("_r1 = ex.safe_softmax.check(safe_softmax)", store_history=True)
+        shell.run_cell("def safe_softmax(x):\n    e = (x - x.amax(-1, keepdim=True)).exp()\n"
+                       "    return e / e.sum(-1, keepdim=True)", store_history=True)
+        shell.run_cell("_r2 = ex.safe_softmax.check(safe_softmax)", store_history=True)
+        first, second = shell.user_ns["_r1"], shell.user_ns["_r2"]
+    finally:
+        InteractiveShell.clear_instance()
+    assert first.shortcuts == ["torch.softmax"], f"a branch the cases never reach still counts: {first.text}"
+    assert second.correct, f"the rewritten function is judged, not the old cell: {second.text}"
+
+
 def test_the_attention_question_may_use_torch_softmax_but_not_sdpa():
     q = exercise("01").attention
     sources = [IMPORTS, "import math\ndef attention(q, k, v, causal=True):\n"
