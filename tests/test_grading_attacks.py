@@ -203,17 +203,21 @@ subprocess.Popen([sys.executable, "-c", _script, "{MARKER}"], start_new_session=
 
 
 def _notebook(release, extra: list[str], answers: dict):
+    """The released notebook with its functions replaced by `answers` and the `extra` cells after the
+    imports; an attack that steals its functions (no answers of its own) comes last, after the stubs,
+    so that whatever it stole is what gets graded."""
     nb = nbformat.from_dict(json.loads(json.dumps(release)))
+    extra_cells = [nbformat.v4.new_code_cell(source) for source in extra]
     cells = []
-    for i, cell in enumerate(nb.cells):
+    for cell in nb.cells:
         if cell.cell_type == "code":
             for name, answer in answers.items():
                 if f"def {name}(" in cell.source:
                     cell.source = answer
         cells.append(cell)
-        if i == 0 or (cell.cell_type == "code" and "exercise(" in cell.source):
-            cells += [nbformat.v4.new_code_cell(source) for source in extra]
-    nb.cells = cells
+        if answers and cell.cell_type == "code" and "exercise(" in cell.source:
+            cells += extra_cells
+    nb.cells = cells if answers else cells + extra_cells
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i}"
     return nb
@@ -314,6 +318,20 @@ def test_feedback_never_shows_other_files(attacked):
         text = path.read_text(encoding="utf-8")
         assert str(secret) not in text and str(attacked["folder"]) not in text, f"{path.name} names a file path"
         assert "### BEGIN SOLUTION" not in text and "honest_correct.ipynb" not in text
+
+
+def test_the_theft_attacks_do_work_without_the_sandbox(attacked, tmp_path):
+    """The control: outside a sandbox the same notebooks really do steal full marks, so their zeros
+    above are the sandbox's doing, not attacks that never worked."""
+    thefts = ["solutions_switched_on", "reads_solution_files", "reads_other_students_via_proc"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in thefts:
+        (folder / f"{name}.ipynb").write_bytes((attacked["folder"] / f"{name}.ipynb").read_bytes())
+    graded = grade_folder("01_attention_by_hand", folder, tmp_path / "out", cell_timeout=CELL_TIMEOUT,
+                          timeout=TIMEOUT, jobs=2, sandboxed=False)
+    unsafe = {g.student: g.total for g in graded}
+    assert unsafe == {name: 2 for name in thefts}, f"without a sandbox the thefts scored {unsafe}"
 
 
 def test_the_table_of_attacks_is_printed(attacked):
