@@ -21,12 +21,13 @@ from .trace import Trace, record
 __all__ = ["DecoderBlock", "make_attention", "make_ffn"]
 
 
-def make_attention(config: ModelConfig) -> nn.Module:
-    """Dense / sliding-window attention, or native sparse attention, as the config says."""
+def make_attention(config: ModelConfig, layer: int = 0) -> nn.Module:
+    """Dense / sliding-window / chunked attention, or native sparse attention, as the config says
+    (the layer index picks Llama 4's chunked-RoPE or global-NoPE kind)."""
     if config.attention == "native_sparse":
         from .nsa import NativeSparseAttention          # the sparse-attention module (its own concept)
         return NativeSparseAttention(config, name="attn")
-    return MultiHeadAttention(config, name="attn")
+    return MultiHeadAttention(config, name="attn", layer=layer)
 
 
 def make_ffn(config: ModelConfig, layer: int) -> nn.Module:
@@ -45,14 +46,16 @@ class DecoderBlock(nn.Module):
         super().__init__()
         config.validate()
         self.norm_1 = make_norm(config, name="norm_1")
-        self.attn = make_attention(config)
+        self.attn = make_attention(config, layer)
         self.norm_2 = make_norm(config, name="norm_2")
         self.ffn = make_ffn(config, layer)
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None,
-                key_padding_mask: torch.Tensor | None = None):
+                key_padding_mask: torch.Tensor | None = None, cache=None, positions: torch.Tensor | None = None):
+        """cache: this layer's LayerKVCache (tinymoe/kv_cache.py) and positions (T,) the tokens' true positions."""
         record(trace, "x", x, "input")
-        h = x + self.attn(self.norm_1(x, trace), trace, key_padding_mask=key_padding_mask)  # (B, T, d_model)
+        cached = {} if cache is None else {"cache": cache, "positions": positions}
+        h = x + self.attn(self.norm_1(x, trace), trace, key_padding_mask=key_padding_mask, **cached)  # (B, T, d_model)
         record(trace, "resid_attn", h)
         ffn_out = self.ffn(self.norm_2(h, trace), trace)
         aux_losses: dict[str, torch.Tensor] = {}

@@ -29,7 +29,7 @@ FFNS = ("swiglu", "relu")
 POSITIONS = ("rope", "sinusoidal", "none")
 ROPE_PAIRINGS = ("rotate_half", "interleaved")
 ATTENTIONS = ("dense", "sliding_window", "native_sparse")
-ROUTERS = ("softmax_topk", "switch", "noisy_topk", "expert_choice", "soft", "sigmoid_bias")
+ROUTERS = ("softmax_topk", "switch", "noisy_topk", "expert_choice", "soft", "sigmoid_bias", "llama4")
 DISPATCHES = ("loop", "dense", "grouped", "triton")
 
 
@@ -75,6 +75,9 @@ class MoEConfig:
     dispatch         loop (reference) | dense (teaching) | grouped (sorted) | triton (GPU kernel)
     router_fp32      compute the router in float32 whatever the input dtype (turn off to watch it fail)
     bias_update_rate gamma: step of the sigmoid_bias router's selection bias at each update_bias call
+    n_group          DeepSeek-V3 group-limited routing (sigmoid_bias): experts split into n_group groups
+    topk_group       ... and each token chooses only among the experts of its topk_group best groups
+    routed_scaling_factor  multiplies the routed experts' gates (DeepSeek-V3: 2.5)
     """
 
     n_experts: int = 4
@@ -92,6 +95,9 @@ class MoEConfig:
     bias_update_rate: float = 0.001
     shared_expert_gate: bool = False
     slots_per_expert: int = 1
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
 
     def validate(self, prefix: str = "moe.") -> "MoEConfig":
         _positive_int(prefix + "n_experts", self.n_experts)
@@ -127,7 +133,36 @@ class MoEConfig:
             _number(prefix + name, getattr(self, name), "must be a finite number >= 0", lambda v: v >= 0)
         for name in ("renormalize", "router_fp32"):
             _flag(prefix + name, getattr(self, name))
+        self._validate_groups(prefix)
         return self
+
+    def _validate_groups(self, prefix: str) -> None:
+        """DeepSeek-V3's group-limited routing and Llama 4's router."""
+        _positive_int(prefix + "n_group", self.n_group)
+        _positive_int(prefix + "topk_group", self.topk_group)
+        _number(prefix + "routed_scaling_factor", self.routed_scaling_factor,
+                "must be a finite number > 0 (DeepSeek-V3 uses 2.5)", lambda v: v > 0)
+        if self.n_experts % self.n_group != 0:
+            raise ConfigError(prefix + "n_group", self.n_group,
+                              f"must divide n_experts={self.n_experts}: the experts are split into equal groups")
+        if self.topk_group > self.n_group:
+            raise ConfigError(prefix + "topk_group", self.topk_group,
+                              f"cannot exceed n_group={self.n_group}: a token cannot keep more groups than exist")
+        if self.n_group > 1:
+            if self.router != "sigmoid_bias":
+                raise ConfigError(prefix + "n_group", self.n_group,
+                                  "group-limited routing is DeepSeek-V3's: it needs router='sigmoid_bias'")
+            if self.n_experts // self.n_group < 2:
+                raise ConfigError(prefix + "n_group", self.n_group,
+                                  f"leaves fewer than 2 experts per group (n_experts={self.n_experts}): "
+                                  f"a group is scored by the sum of its best two experts")
+            if self.top_k > self.topk_group * (self.n_experts // self.n_group):
+                raise ConfigError(prefix + "top_k", self.top_k,
+                                  f"cannot exceed the {self.topk_group * (self.n_experts // self.n_group)} experts "
+                                  f"in the topk_group={self.topk_group} kept groups")
+        if self.router == "llama4" and self.capacity_factor is not None:
+            raise ConfigError(prefix + "capacity_factor", self.capacity_factor,
+                              "the llama4 router is dropless: use capacity_factor=None")
 
 
 @dataclass
@@ -194,6 +229,13 @@ class ModelConfig:
     norm         rmsnorm | layernorm
     attention    dense | sliding_window | native_sparse
     window       sliding-window length (sliding_window attention), counting the query itself
+    attention_chunk_size    Llama 4's chunked local attention: a token sees only the earlier tokens of
+                 its own chunk (positions c*size .. c*size + size - 1), on the RoPE layers
+    no_rope_layer_interval  Llama 4's NoPE layers: every n-th layer (layer + 1 divisible by n) has no
+                 RoPE, no chunking and no QK-norm (global attention); None = none
+    qk_norm      L2-normalise q and k (RMS, no weight) after RoPE on the RoPE layers (Llama 4)
+    attn_temperature_tuning  on NoPE layers scale q by 1 + attn_scale * log1p(floor((pos + 1) / floor_scale))
+    floor_scale, attn_scale  the temperature tuning's constants (Llama 4: 8192, 0.1)
     """
 
     vocab_size: int = 32
@@ -219,6 +261,12 @@ class ModelConfig:
     tie_embeddings: bool = False
     moe: MoEConfig | None = None
     nsa: SparseAttentionConfig | None = None
+    attention_chunk_size: int | None = None
+    no_rope_layer_interval: int | None = None
+    qk_norm: bool = False
+    attn_temperature_tuning: bool = False
+    floor_scale: float = 8192.0
+    attn_scale: float = 0.1
 
     # ---- derived sizes (read these, not the raw fields) -------------------------------
     @property
@@ -249,6 +297,16 @@ class ModelConfig:
     def replace(self, **changes) -> "ModelConfig":
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes).validate()
+
+    def layer_uses_rope(self, layer: int) -> bool:
+        """RoPE in this layer? (Llama 4: not in every no_rope_layer_interval-th layer, the NoPE layers.)"""
+        nope = self.no_rope_layer_interval is not None and (layer + 1) % self.no_rope_layer_interval == 0
+        return self.position == "rope" and not nope
+
+    def layer_chunk_size(self, layer: int) -> int | None:
+        """The chunk of chunked local attention in this layer: Llama 4 chunks its RoPE layers only."""
+        nope = self.no_rope_layer_interval is not None and (layer + 1) % self.no_rope_layer_interval == 0
+        return None if nope else self.attention_chunk_size
 
     def moe_in_layer(self, layer: int) -> bool:
         return self.moe is not None and (layer + 1) % self.moe.every_n_layers == 0
@@ -301,6 +359,7 @@ class ModelConfig:
         _number("norm_eps", self.norm_eps, "must be a small positive finite number, e.g. 1e-5", lambda v: v > 0)
         for name in ("causal", "bias", "tie_embeddings"):
             _flag(name, getattr(self, name))
+        self._validate_llama4()
         if self.attention == "sliding_window" and self.window is None:
             raise ConfigError("window", None, "attention='sliding_window' needs a window length")
         if self.attention == "native_sparse":
@@ -321,6 +380,23 @@ class ModelConfig:
                 raise ConfigError("moe", self.moe, "must be a MoEConfig(...) or None")
             self.moe.validate()
         return self
+
+    def _validate_llama4(self) -> None:
+        """Llama 4's attention fields: chunked local attention, NoPE layers, QK-norm, temperature tuning."""
+        for name in ("attention_chunk_size", "no_rope_layer_interval"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("qk_norm", "attn_temperature_tuning"):
+            _flag(name, getattr(self, name))
+        _number("floor_scale", self.floor_scale, "must be a finite number > 0 (Llama 4 uses 8192)", lambda v: v > 0)
+        _number("attn_scale", self.attn_scale, "must be a finite number >= 0 (Llama 4 uses 0.1)", lambda v: v >= 0)
+        if self.attention_chunk_size is not None and self.attention != "dense":
+            raise ConfigError("attention_chunk_size", self.attention_chunk_size,
+                              f"chunked local attention replaces dense attention; it cannot combine with "
+                              f"attention={self.attention!r}")
+        if self.no_rope_layer_interval is not None and self.position != "rope":
+            raise ConfigError("no_rope_layer_interval", self.no_rope_layer_interval,
+                              f"NoPE layers are the layers without RoPE in a RoPE model; position={self.position!r}")
 
     def __post_init__(self):
         # A list is accepted for convenience; anything else odd is left for validate() to name.

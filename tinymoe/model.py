@@ -4,11 +4,15 @@
            -> LM head -> logits over the vocabulary -> cross-entropy against the next token
 
 Growing the vocabulary touches only the embedding and the LM head; everything between sees
-d_model-wide vectors. `generate` samples greedily (temperature 0) or at a temperature.
+d_model-wide vectors. `generate` samples greedily (temperature 0) or at a temperature, with a
+KV cache (tinymoe/kv_cache.py) where the config allows one: prefill the prompt once, then one
+token per step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import warnings
 
 import torch
 from torch import nn
@@ -16,6 +20,7 @@ from torch.nn import functional as F
 
 from .block import DecoderBlock
 from .config import ModelConfig
+from .kv_cache import KVCache, kv_cache_unsupported
 from .norm import make_norm
 from .rope import sinusoidal_positions
 from .trace import Trace, record
@@ -47,8 +52,12 @@ class TinyLM(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                trace: Trace | None = None, key_padding_mask: torch.Tensor | None = None) -> LMOutput:
-        """tokens: (B, T) int64 -> LMOutput with logits (B, T, vocab_size)."""
+                trace: Trace | None = None, key_padding_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> LMOutput:
+        """tokens: (B, T) int64 -> LMOutput with logits (B, T, vocab_size).
+
+        cache: a KVCache; the tokens then sit at positions cache.length .. cache.length + T - 1,
+        their keys and values are appended, and cache.length advances by T."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens has shape {tuple(tokens.shape)}: expected (batch, seq_len) token ids")
         if tokens.dtype not in (torch.int64, torch.int32):
@@ -58,6 +67,10 @@ class TinyLM(nn.Module):
         if targets is not None and tuple(targets.shape) != (B, T):
             raise ValueError(f"targets has shape {tuple(targets.shape)}: expected the tokens' shape {(B, T)} "
                              f"(targets[b, t] is the token that should follow tokens[b, t])")
+        if cache is not None and (cache.batch != B or cache.config is not self.config):
+            raise ValueError(f"this KVCache was made for batch={cache.batch} and another config; "
+                             f"make KVCache(model.config, batch={B})")
+        positions = cache.next_positions(T) if cache is not None else None    # (T,) true positions
         if T > self.config.max_seq_len:
             raise ValueError(f"seq_len={T} exceeds max_seq_len={self.config.max_seq_len}: raise max_seq_len in the config")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
@@ -68,14 +81,18 @@ class TinyLM(nn.Module):
         x = self.embed(tokens)                                      # (B, T, d_model)
         record(trace, "embed.out", x)
         if self.pos is not None:
-            x = x + self.pos[:T]                                    # (B, T, d_model)
-            record(trace, "embed.pos", self.pos[:T], "buffer")
+            pos = self.pos[:T] if positions is None else self.pos[positions]   # (T, d_model)
+            x = x + pos                                             # (B, T, d_model)
+            record(trace, "embed.pos", pos, "buffer")
             record(trace, "embed.with_pos", x)
         aux_losses: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.layers):
-            x, aux = block(x, trace.scope(f"layers.{i}") if trace is not None else None, key_padding_mask)
+            cached = {} if cache is None else {"cache": cache.layers[i], "positions": positions}
+            x, aux = block(x, trace.scope(f"layers.{i}") if trace is not None else None, key_padding_mask, **cached)
             for name, value in aux.items():
                 aux_losses[name] = aux_losses.get(name, 0) + value
+        if cache is not None:
+            cache.advance(T)
         x = self.norm(x, trace)
         logits = self.lm_head(x)                                    # (B, T, vocab_size)
         record(trace, "lm_head.W_U", self.lm_head.weight, "weight")
@@ -88,19 +105,37 @@ class TinyLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Append max_new_tokens tokens: greedy at temperature 0, else sample softmax(logits / t)."""
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Append max_new_tokens tokens: greedy at temperature 0, else sample softmax(logits / t).
+
+        use_cache: prefill a KVCache with the prompt, then feed one token per step. A config that
+        cannot use one (kv_cache_unsupported) warns and recomputes the whole context every step,
+        as does every step once the sequence reaches max_seq_len (the context then slides)."""
         if temperature < 0:
             raise ValueError(f"temperature={temperature}: must be >= 0 (0 means greedy)")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a whole number >= 0")
+        cache = None
+        if use_cache and max_new_tokens > 0:
+            reason = kv_cache_unsupported(self.config)
+            if reason is not None:
+                warnings.warn(f"generate: no KV cache ({reason}); recomputing the whole context for every token",
+                              stacklevel=2)
+            elif tokens.shape[1] < self.config.max_seq_len:
+                weight = self.embed.weight
+                cache = KVCache(self.config, batch=tokens.shape[0], dtype=weight.dtype, device=weight.device)
+        new_tokens = tokens                                                # what the next forward reads
         for _ in range(max_new_tokens):
-            context = tokens[:, -self.config.max_seq_len:]                 # (B, <= max_seq_len)
-            logits = self(context).logits[:, -1]                          # (B, vocab_size)
+            if cache is not None and cache.length < cache.max_len:
+                logits = self(new_tokens, cache=cache).logits[:, -1]      # (B, vocab_size)
+            else:
+                context = tokens[:, -self.config.max_seq_len:]             # (B, <= max_seq_len)
+                logits = self(context).logits[:, -1]                      # (B, vocab_size)
             if temperature == 0:
                 next_token = logits.argmax(dim=-1, keepdim=True)           # (B, 1)
             else:
                 probs = F.softmax(logits / temperature, dim=-1)
                 next_token = torch.multinomial(probs, 1, generator=generator)
             tokens = torch.cat([tokens, next_token], dim=1)
+            new_tokens = next_token                                        # (B, 1): only it is new to the cache
         return tokens

@@ -10,6 +10,10 @@ key/value heads; each key/value head serves a group of n_heads // n_kv_heads con
 heads (query head h reads kv head h // group_size). n_kv_heads == n_heads is ordinary MHA,
 n_kv_heads == 1 is multi-query attention (Shazeer 2019). Fewer kv heads: fewer parameters in
 W_k, W_v and a KV cache smaller by the group size.
+
+A layer index picks Llama 4's per-layer kind (tinymoe/llama4.py): chunked local attention with
+RoPE and QK-norm, or a global NoPE layer. With a `cache` (tinymoe/kv_cache.py) the layer stores
+its new keys/values and attends over everything cached, masked by true positions.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from torch import nn
 
 from .attention import attention_weights, check_attention_input, causal_mask, sliding_window_mask
 from .config import ModelConfig
+from .kv_cache import LayerKVCache, mask_from_positions
+from .llama4 import attention_temperature, chunked_mask, qk_norm
 from .rope import RotaryEmbedding
 from .trace import Trace, record
 
@@ -27,10 +33,12 @@ __all__ = ["MultiHeadAttention"]
 class MultiHeadAttention(nn.Module):
     """Dense, causal or sliding-window attention with n_heads query and n_kv_heads kv heads."""
 
-    def __init__(self, config: ModelConfig, name: str = "attn"):
+    def __init__(self, config: ModelConfig, name: str = "attn", layer: int = 0):
         super().__init__()
         config.validate()
-        self.config, self.name = config, name
+        self.config, self.name, self.layer = config, name, layer
+        self.use_rope = config.layer_uses_rope(layer)               # False on Llama 4's NoPE layers
+        self.chunk_size = config.layer_chunk_size(layer)            # Llama 4's chunked local layers
         self.n_heads, self.n_kv_heads = config.n_heads, config.kv_heads
         self.head_dim, self.group_size = config.qk_dim, config.group_size
         self.v_dims = config.v_dims                                 # value size of each query head
@@ -41,13 +49,18 @@ class MultiHeadAttention(nn.Module):
         self.W_v = nn.Linear(d, sum(self.kv_v_dims), bias=config.bias)
         self.W_o = nn.Linear(sum(self.v_dims), d, bias=config.bias)
         self.rope = (RotaryEmbedding(self.head_dim, config.max_seq_len, config.rope_base, config.rope_pairing)
-                     if config.position == "rope" else None)
+                     if self.use_rope else None)
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, cache: LayerKVCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, seq, d_model) -> (batch, seq, d_model).
-        key_padding_mask: optional (batch, seq) bool, True for real tokens."""
+        key_padding_mask: optional (batch, seq) bool, True for real tokens.
+        cache: this layer's LayerKVCache; positions: (seq,) true positions of x's tokens
+        (default 0 .. seq-1; with a cache, pass where the cache stands)."""
         check_attention_input(x, self.config.d_model, key_padding_mask)
+        if cache is not None and key_padding_mask is not None:
+            raise ValueError("key_padding_mask with a KV cache: the cache serves unpadded batches only")
         B, T, _ = x.shape
         trace = trace.scope(self.name) if trace is not None else None
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
@@ -62,15 +75,34 @@ class MultiHeadAttention(nn.Module):
         record(trace, "k", k)
         record(trace, "v", v)
         if self.rope is not None:
-            q, k = self.rope(q, k, trace=trace)
+            q, k = self.rope(q, k, positions=positions, trace=trace)
             record(trace, "q_rot", q)
             record(trace, "k_rot", k)
+            if self.config.qk_norm:                                 # Llama 4: after RoPE, RoPE layers only
+                q, k = qk_norm(q, self.config.norm_eps), qk_norm(k, self.config.norm_eps)
+                record(trace, "q_norm", q)
+                record(trace, "k_norm", k)
+        elif self.config.attn_temperature_tuning:                   # Llama 4's NoPE layers
+            pos = torch.arange(T, device=x.device) if positions is None else positions
+            scale = attention_temperature(pos, self.config.attn_scale, self.config.floor_scale)  # (T,)
+            q = (q * scale[:, None].to(q.dtype)).to(q.dtype)        # (B, n_heads, T, head_dim)
+            record(trace, "q_temperature", scale)
+        if cache is not None:
+            if positions is None:
+                raise ValueError("a KV cache needs the tokens' true positions (positions=cache.next_positions(seq))")
+            v_kv = v.view(B, T, H_kv, -1).transpose(1, 2)           # (B, n_kv_heads, T, v_dim)
+            k, v_kv, key_positions = cache.update(k, v_kv, positions)  # (B, n_kv_heads, S, .) S: cached + new
+            v = v_kv.transpose(1, 2).reshape(B, k.shape[2], -1)     # (B, S, sum of kv value dims)
 
         # Each query head reads the kv head of its group: kv head j serves query heads
         # j*group .. (j+1)*group - 1, so repeat each kv head `group` times in place.
         k = k.repeat_interleave(self.group_size, dim=1)             # (B, n_heads, T, head_dim)
 
-        mask = self._mask(T, x.device, key_padding_mask)           # (T, T) or (B, 1, T, T)
+        if cache is not None:
+            window = self.config.window if self.config.attention == "sliding_window" else None
+            mask = mask_from_positions(positions, key_positions, window, self.chunk_size)  # (T, S)
+        else:
+            mask = self._mask(T, x.device, key_padding_mask)       # (T, T) or (B, 1, T, T)
         weights = attention_weights(q, k, mask=mask, trace=trace)   # (B, n_heads, T, T)
 
         # Per head: weights @ that head's values, then the heads side by side.
@@ -89,7 +121,9 @@ class MultiHeadAttention(nn.Module):
     def _mask(self, T: int, device, key_padding_mask):
         """(T, T) or (B, 1, T, T) bool built from the config's causal/window rules and any padding."""
         mask = None
-        if self.config.attention == "sliding_window":
+        if self.chunk_size is not None:
+            mask = chunked_mask(T, self.chunk_size, device=device)
+        elif self.config.attention == "sliding_window":
             mask = sliding_window_mask(T, self.config.window, device=device)
         elif self.config.causal:
             mask = causal_mask(T, device=device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from .config import ConfigError, ModelConfig
+from .kv_cache import layer_cache_capacity
 
 __all__ = ["parameter_counts", "attention_parameters", "kv_cache_bytes"]
 
@@ -63,10 +64,13 @@ def attention_parameters(config: ModelConfig) -> dict[str, int]:
 
 def kv_cache_bytes(config: ModelConfig, seq_len: int, batch: int = 1, bytes_per_value: int = 2) -> int:
     """Bytes to cache every layer's keys and values for `seq_len` tokens:
-    n_layers * batch * seq_len * n_kv_heads * (head_dim + v_dim) * bytes_per_value."""
+    sum over layers of batch * tokens_kept * n_kv_heads * (head_dim + v_dim) * bytes_per_value,
+    where a full layer keeps seq_len tokens and a sliding-window or chunked layer (Llama 4) only
+    min(seq_len, window or chunk): its cache is a bounded ring buffer (tinymoe/kv_cache.py)."""
     config.validate()
     for name, value in (("seq_len", seq_len), ("batch", batch), ("bytes_per_value", bytes_per_value)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(name, value, "must be a positive whole number")
     per_token = config.kv_heads * config.qk_dim + sum(config.v_dims[:: config.group_size])
-    return config.n_layers * batch * seq_len * per_token * bytes_per_value
+    tokens = sum(layer_cache_capacity(config, layer, seq_len) for layer in range(config.n_layers))
+    return batch * tokens * per_token * bytes_per_value

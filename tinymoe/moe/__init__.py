@@ -6,7 +6,8 @@ One concept per module, read in this order:
     topk.py           softmax top-k, Switch top-1, noisy top-k
     capacity.py       expert capacity and dropped tokens
     expert_choice.py  experts pick their tokens
-    sigmoid_bias.py   sigmoid scores + a selection bias (aux-loss-free balancing)
+    sigmoid_bias.py   sigmoid scores + a selection bias (aux-loss-free balancing), DeepSeek-V3 groups
+    llama4_router.py  Llama 4: sigmoid top-1 whose gate scales the expert's input
     soft.py           soft MoE: slots as mixes of tokens
     shared.py         shared experts every token uses
     losses.py         load-balancing loss and router z-loss
@@ -19,6 +20,7 @@ from .dispatch import DISPATCH_FUNCTIONS, dispatch_dense, dispatch_grouped, disp
 from .expert_choice import ExpertChoiceRouter
 from .experts import Experts, expert_mlp
 from .layer import MoE, make_router
+from .llama4_router import Llama4Router
 from .losses import expert_fractions, load_balancing_loss, router_z_loss
 from .routing import Router, Routing
 from .shared import SharedExperts
@@ -29,7 +31,7 @@ from .topk import NoisyTopKRouter, SwitchRouter, TopKRouter, select_top_k
 
 __all__ = [
     "MoE", "make_router", "Routing", "Router", "TopKRouter", "SwitchRouter", "NoisyTopKRouter",
-    "ExpertChoiceRouter", "SigmoidBiasRouter", "SoftRouter", "SharedExperts", "Experts", "expert_mlp",
+    "ExpertChoiceRouter", "SigmoidBiasRouter", "Llama4Router", "SoftRouter", "SharedExperts", "Experts", "expert_mlp",
     "capacity", "apply_capacity", "select_top_k", "load_balancing_loss", "router_z_loss", "expert_fractions",
     "dispatch_loop", "dispatch_dense", "dispatch_grouped", "get_dispatch", "DISPATCH_FUNCTIONS",
     "moe_parameter_counts",

@@ -17,7 +17,9 @@ The routers (config.moe.router):
     noisy_topk     NoisyTopKRouter     learned noise in training, Shazeer et al. 2017
     expert_choice  ExpertChoiceRouter  experts pick tokens, Zhou et al. 2022
     soft           SoftRouter          slots as mixes of tokens, Puigcerver et al. 2023
-    sigmoid_bias   SigmoidBiasRouter   aux-loss-free balancing, DeepSeek-V3
+    sigmoid_bias   SigmoidBiasRouter   aux-loss-free balancing, DeepSeek-V3 (with n_group, topk_group,
+                                       routed_scaling_factor: group-limited routing in full)
+    llama4         Llama4Router        sigmoid top-1 whose gate scales the expert's input, Llama 4
 
 Trace names, under the layer's name (`moe.`), N = B * T flattened tokens:
     x, W_router, W_gate, W_up, W_down (weights), router_logits (N, E), router_probs (N, E),
@@ -37,6 +39,7 @@ from ..trace import Trace, record
 from .dispatch import get_dispatch
 from .expert_choice import ExpertChoiceRouter
 from .experts import Experts
+from .llama4_router import Llama4Router
 from .losses import load_balancing_loss, router_z_loss
 from .routing import Router, Routing
 from .shared import SharedExperts
@@ -62,7 +65,10 @@ def make_router(config: ModelConfig) -> Router:
         return SoftRouter(d, moe.n_experts, moe.slots_per_expert, moe.router_fp32)
     if moe.router == "sigmoid_bias":
         return SigmoidBiasRouter(d, moe.n_experts, moe.top_k, moe.renormalize, moe.capacity_factor,
-                                 moe.bias_update_rate, moe.router_fp32)
+                                 moe.bias_update_rate, moe.router_fp32, n_group=moe.n_group,
+                                 topk_group=moe.topk_group, routed_scaling_factor=moe.routed_scaling_factor)
+    if moe.router == "llama4":
+        return Llama4Router(d, moe.n_experts, moe.top_k, moe.router_fp32)
     raise ConfigError("moe.router", moe.router, "is not a known router")
 
 
@@ -116,7 +122,10 @@ class MoE(nn.Module):
             tokens = x.reshape(B * T, d_model)                               # (N, d_model)
             routing = self.router(tokens)
             self._record_routing(routing, trace)
-            routed = dispatch(tokens, routing.expert_ids, routing.gates, *self.experts.weights())  # (N, d_model)
+            if getattr(self.router, "scales_input", False):                  # Llama 4: expert(g * x)
+                routed = self._dispatch_scaled_inputs(tokens, routing, dispatch)  # (N, d_model)
+            else:
+                routed = dispatch(tokens, routing.expert_ids, routing.gates, *self.experts.weights())  # (N, d_model)
             routed = routed.reshape(B, T, d_model)                           # (B, T, d_model)
             self.last_expert_load = routing.expert_load.detach()
             if isinstance(self.router, ExpertChoiceRouter):                  # balanced by construction
@@ -133,6 +142,15 @@ class MoE(nn.Module):
         record(trace, "z_loss", z_loss)
         moe = self.config.moe
         return out, {"load_balancing": moe.aux_loss_coef * load_balancing, "z_loss": moe.z_loss_coef * z_loss}
+
+    def _dispatch_scaled_inputs(self, tokens: torch.Tensor, routing: Routing, dispatch) -> torch.Tensor:
+        """sum_j expert_{id_j}(gates_j * x): each slot's expert reads the token scaled by its gate."""
+        out = torch.zeros_like(tokens)                                       # (N, d_model)
+        ones = torch.ones_like(routing.gates[:, :1])                         # (N, 1) the output is not scaled
+        for j in range(routing.expert_ids.shape[1]):
+            scaled = (tokens * routing.gates[:, j:j + 1].to(tokens.dtype))   # (N, d_model)
+            out = out + dispatch(scaled, routing.expert_ids[:, j:j + 1], ones, *self.experts.weights())
+        return out
 
     def _record_routing(self, routing: Routing, trace: Trace | None) -> None:
         if trace is None:

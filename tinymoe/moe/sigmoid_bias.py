@@ -16,6 +16,14 @@ balancing pressure never touches the gradient of the language-model loss, which 
 loss does. `b` is a buffer (not trained by the optimiser) and changes only when the training
 loop calls `update_bias(expert_load)`: no hidden state moves during forward.
 
+DeepSeek-V3 in full adds two things (both off by default: n_group = topk_group = 1, factor 1):
+
+    group-limited routing  the experts are split into n_group equal groups; a group is scored by
+                           the sum of its two best (scores + b); each token chooses its top-k
+                           experts only inside its topk_group best groups (so a token's experts
+                           sit on at most topk_group devices when a group is a device)
+    routed_scaling_factor  the (renormalised) gates are multiplied by it (2.5 in DeepSeek-V3)
+
 `probs` (for the load-balancing loss, if aux_loss_coef > 0; DeepSeek-V3 keeps a tiny one) are
 the scores normalised to sum to 1 per token.
 """
@@ -34,20 +42,38 @@ class SigmoidBiasRouter(Router):
 
     def __init__(self, d_model: int, n_experts: int, top_k: int, renormalize: bool = True,
                  capacity_factor: float | None = None, bias_update_rate: float = 0.001,
-                 router_fp32: bool = True):
+                 router_fp32: bool = True, n_group: int = 1, topk_group: int = 1,
+                 routed_scaling_factor: float = 1.0):
         super().__init__(d_model, n_experts, router_fp32)
         self.top_k, self.renormalize, self.capacity_factor = top_k, renormalize, capacity_factor
         self.bias_update_rate = bias_update_rate
+        self.n_group, self.topk_group, self.routed_scaling_factor = n_group, topk_group, routed_scaling_factor
         self.register_buffer("selection_bias", torch.zeros(n_experts))      # b, (n_experts,)
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = self.logits(x)                                              # (N, n_experts)
         scores = torch.sigmoid(logits)                                       # (N, n_experts)
         probs = scores / scores.sum(dim=-1, keepdim=True)                    # (N, n_experts) for the aux loss
+        bias = self.selection_bias                                           # (n_experts,)
+        if self.n_group > 1:
+            bias = bias + self.group_limit(scores + self.selection_bias)    # (N, n_experts): -inf outside kept groups
         routing = select_top_k(logits, probs, self.top_k, self.renormalize, self.capacity_factor,
-                               scores=scores, selection_bias=self.selection_bias)
+                               scores=scores, selection_bias=bias)
+        if self.routed_scaling_factor != 1.0:
+            routing.gates = routing.gates * self.routed_scaling_factor       # (N, k)
         routing.extra["selection_bias"] = self.selection_bias
         return routing
+
+    def group_limit(self, ranked: torch.Tensor) -> torch.Tensor:
+        """(N, n_experts): 0 for experts in each token's topk_group best groups, -inf elsewhere.
+        A group's score is the sum of its two best ranked scores (DeepSeek-V3's gate)."""
+        N = ranked.shape[0]
+        per_group = ranked.view(N, self.n_group, self.n_experts // self.n_group)   # (N, n_group, experts per group)
+        group_scores = per_group.topk(2, dim=-1).values.sum(dim=-1)          # (N, n_group)
+        kept = torch.topk(group_scores, self.topk_group, dim=-1).indices     # (N, topk_group)
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)  # (N, n_group)
+        keep = keep[:, :, None].expand_as(per_group).reshape(N, self.n_experts)          # (N, n_experts)
+        return torch.zeros_like(ranked).masked_fill(~keep, float("-inf"))
 
     @torch.no_grad()
     def update_bias(self, expert_load: torch.Tensor) -> torch.Tensor:
@@ -61,5 +87,7 @@ class SigmoidBiasRouter(Router):
         return self.selection_bias
 
     def extra_repr(self) -> str:
+        groups = (f", n_group={self.n_group}, topk_group={self.topk_group}" if self.n_group > 1 else "")
+        scale = (f", routed_scaling_factor={self.routed_scaling_factor}" if self.routed_scaling_factor != 1.0 else "")
         return (f"{super().extra_repr()}, top_k={self.top_k}, renormalize={self.renormalize}, "
-                f"bias_update_rate={self.bias_update_rate}")
+                f"bias_update_rate={self.bias_update_rate}{groups}{scale}")

@@ -1,0 +1,42 @@
+"""Llama 4's router: top-k by logit, a sigmoid gate, and the gate scales the expert's INPUT.
+
+Llama 4 (Meta 2025) routes each token to top_k = 1 routed expert, beside one shared expert that
+every token uses:
+
+    logits     = x W_router^T                          (N, n_experts)
+    expert_ids = top-k of logits                        (N, k)
+    gates      = sigmoid(logits[expert_ids])            (N, k), each in (0, 1), not renormalised
+    out        = shared(x) + sum_j expert_{id_j}(gates_j * x)
+
+Unlike Mixtral or DeepSeek, the gate multiplies the token before the expert, not the expert's
+output. A SwiGLU expert is not linear, so expert(g x) != g expert(x): the MoE layer reads
+`scales_input` and feeds each slot its own scaled copy of the token. With one expert per token
+a softmax over the chosen logits would always be 1; the sigmoid keeps a gradient to the router.
+"""
+from __future__ import annotations
+
+import torch
+
+from .routing import Router, Routing
+from .topk import select_top_k
+
+__all__ = ["Llama4Router"]
+
+
+class Llama4Router(Router):
+    """Top-k by logit; gates = sigmoid(chosen logits); the layer scales the expert inputs by them."""
+
+    scales_input = True                                  # the MoE layer multiplies x, not the output
+
+    def __init__(self, d_model: int, n_experts: int, top_k: int = 1, router_fp32: bool = True):
+        super().__init__(d_model, n_experts, router_fp32)
+        self.top_k = top_k
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = self.logits(x)                                              # (N, n_experts)
+        scores = torch.sigmoid(logits)                                       # (N, n_experts), same order as logits
+        probs = scores / scores.sum(dim=-1, keepdim=True)                    # (N, n_experts) for the aux loss
+        return select_top_k(logits, probs, self.top_k, renormalize=False, capacity_factor=None, scores=scores)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, top_k={self.top_k}"
