@@ -14,7 +14,7 @@ from .model import LMOutput, TinyLM
 from .multihead import MultiHeadAttention
 from .norm import LayerNorm, RMSNorm, make_norm
 from .rope import RotaryEmbedding, apply_rope, rotate_half, sinusoidal_positions
-from .sizes import attention_parameters, kv_cache_bytes, parameter_counts
+from .sizes import attention_parameters, kv_cache_bytes, model_parameters, parameter_counts
 from .trace import Record, Trace, record
 
 __version__ = "0.1.0"

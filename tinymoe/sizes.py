@@ -10,7 +10,7 @@ from torch import nn
 from .config import ConfigError, ModelConfig
 from .kv_cache import layer_cache_capacity
 
-__all__ = ["parameter_counts", "attention_parameters", "kv_cache_bytes"]
+__all__ = ["parameter_counts", "attention_parameters", "kv_cache_bytes", "model_parameters"]
 
 
 def parameter_counts(module: nn.Module) -> dict[str, dict[str, int]]:
@@ -74,3 +74,38 @@ def kv_cache_bytes(config: ModelConfig, seq_len: int, batch: int = 1, bytes_per_
     per_token = config.kv_heads * config.qk_dim + sum(config.v_dims[:: config.group_size])
     tokens = sum(layer_cache_capacity(config, layer, seq_len) for layer in range(config.n_layers))
     return batch * tokens * per_token * bytes_per_value
+
+
+def model_parameters(config: ModelConfig) -> dict[str, int]:
+    """Trainable parameters of a whole TinyLM from the config alone (nothing is built, so 400B is fine):
+    {"embedding", "attention", "feed_forward", "norms", "lm_head", "total", "active"}.
+
+    "active" is what one token uses: every routed expert it does not visit is left out
+    (n_experts - top_k experts per MoE layer). Without MoE, active == total."""
+    config.validate()
+    if config.attention == "native_sparse":
+        raise ConfigError("attention", config.attention,
+                          "model_parameters counts dense/grouped-query attention; native sparse attention adds "
+                          "compression and gate weights: count a built model with parameter_counts")
+    from .moe.sizes import moe_parameter_counts               # the MoE's own count (its own concept)
+    d, bias = config.d_model, int(config.bias)
+    matrices = 3 if config.ffn == "swiglu" else 2
+    dense = matrices * d * config.ff_dim + bias * ((matrices - 1) * config.ff_dim + d)   # weights + biases
+    feed_forward = active_feed_forward = 0
+    for layer in range(config.n_layers):
+        if config.moe_in_layer(layer):
+            moe = moe_parameter_counts(config)
+            feed_forward += moe["total"]
+            active_feed_forward += moe["active"]
+        else:
+            feed_forward += dense
+            active_feed_forward += dense
+    norm = d if config.norm == "rmsnorm" else 2 * d
+    counts = {"embedding": config.vocab_size * d,
+              "attention": config.n_layers * attention_parameters(config)["total"],
+              "feed_forward": feed_forward,
+              "norms": (2 * config.n_layers + 1) * norm,
+              "lm_head": 0 if config.tie_embeddings else config.vocab_size * d}
+    counts["total"] = sum(counts.values())
+    counts["active"] = counts["total"] - feed_forward + active_feed_forward
+    return counts
