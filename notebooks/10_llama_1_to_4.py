@@ -168,8 +168,8 @@ print("rms of layer 0's normalised queries:", q_norm.pow(2).mean(-1).sqrt().min(
 viz.row(viz.show(trace, "layers.0.attn.q_norm"), viz.show(trace, "layers.3.attn.q_temperature"))
 
 # %% [markdown]
-# What changed in the blocks: layer 0 gets `q_norm`, `k_norm`; the NoPE layer (a block built as layer
-# 3) loses its RoPE tables and gains the temperature. No parameter is added.
+# What changed in a chunked block (the table shows layer 0): `q_norm` and `k_norm` are new, and the mask
+# is chunked. No parameter is added anywhere; the NoPE layer even drops its RoPE tables (buffers).
 
 # %%
 assert tm.model_parameters(llama4_attn)["total"] == tm.model_parameters(llama4_vocab)["total"]
@@ -226,7 +226,8 @@ for i, layer in enumerate(cache.layers):
 # %%
 assert sorted(cache.layers[0].positions.tolist()) == [7, 8, 9, 10]          # 7: last chunk's leftover
 viz.row(viz.sheet(cache.layers[3].k[0, 0, :11], "layers.3 cached k (kv head 0)"),
-        viz.sheet(cache.layers[0].k[0, 0], "layers.0 cached k (kv head 0, ring)"))
+        viz.sheet(cache.layers[0].k[0, 0], "layers.0 cached k (kv head 0, ring)", note="rows: ring slots",
+                  row_labels=[f"slot {s}: pos {p}" for s, p in enumerate(cache.layers[0].positions.tolist())]))
 
 # %% [markdown]
 # ## Try it: the Llama 4 explorer

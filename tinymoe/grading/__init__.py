@@ -39,6 +39,8 @@ EXERCISES = {
     "06_moe_gating": "ex06_moe_gating",
     "07_nsa_selection": "ex07_nsa_selection",
     "08_routing_alignment": "ex08_routing_alignment",
+    "10_chunked_mask": "ex10_chunked_mask",
+    "11_kv_cache_decode": "ex11_kv_cache_decode",
 }
 
 
