@@ -6,7 +6,7 @@ intermediates there. The viz layer (`tinymoe.viz`) draws from traces; the core n
 from .attention import (attention_weights, causal_mask, naive_softmax, padding_mask, safe_softmax,
                         scaled_dot_product_attention, sliding_window_mask)
 from .block import DecoderBlock
-from .config import ConfigError, ModelConfig, MoEConfig, SparseAttentionConfig
+from .config import ConfigError, ModelConfig, MoDConfig, MoEConfig, SparseAttentionConfig
 from .feedforward import MLP, SwiGLU, make_feedforward
 from .model import LMOutput, TinyLM
 from .multihead import MultiHeadAttention

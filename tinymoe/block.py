@@ -18,7 +18,7 @@ from .multihead import MultiHeadAttention
 from .norm import make_norm
 from .trace import Trace, record
 
-__all__ = ["DecoderBlock", "make_attention", "make_ffn"]
+__all__ = ["DecoderBlock", "make_attention", "make_ffn", "make_block"]
 
 
 def make_attention(config: ModelConfig) -> nn.Module:
@@ -31,6 +31,9 @@ def make_attention(config: ModelConfig) -> nn.Module:
 
 def make_ffn(config: ModelConfig, layer: int) -> nn.Module:
     """The dense feed-forward, or an MoE layer where the config puts one."""
+    if config.moe_in_layer(layer) and config.mod is not None and config.mod.kind == "integrated":
+        from .mod import IntegratedMoDE                   # MoE with no-op experts (Mixture-of-Depths)
+        return IntegratedMoDE(config, name="moe")
     if config.moe_in_layer(layer):
         from .moe import MoE                              # the Mixture-of-Experts layer (its own concept)
         return MoE(config, name="moe")
@@ -50,9 +53,13 @@ class DecoderBlock(nn.Module):
         self.ffn = make_ffn(config, layer)
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None,
-                key_padding_mask: torch.Tensor | None = None):
+                key_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+        """positions: optional true positions of x's tokens (see MultiHeadAttention.forward)."""
         record(trace, "x", x, "input")
-        h = x + self.attn(self.norm_1(x, trace), trace, key_padding_mask=key_padding_mask)  # (B, T, d_model)
+        attn_kwargs = {"key_padding_mask": key_padding_mask}
+        if positions is not None:                         # only dense/window attention takes them
+            attn_kwargs["positions"] = positions
+        h = x + self.attn(self.norm_1(x, trace), trace, **attn_kwargs)                     # (B, T, d_model)
         record(trace, "resid_attn", h)
         ffn_out = self.ffn(self.norm_2(h, trace), trace)
         aux_losses: dict[str, torch.Tensor] = {}
@@ -61,3 +68,11 @@ class DecoderBlock(nn.Module):
         out = h + ffn_out                                                                    # (B, T, d_model)
         record(trace, "out", out, "output")
         return out, aux_losses
+
+
+def make_block(config: ModelConfig, layer: int = 0) -> nn.Module:
+    """The decoder block of layer `layer`: a Mixture-of-Depths block where config.mod routes it."""
+    if config.mod_in_layer(layer):
+        from .mod import MoDBlock                         # the token-routing wrapper (its own concept)
+        return MoDBlock(config, layer=layer)
+    return DecoderBlock(config, layer=layer)

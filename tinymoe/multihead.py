@@ -44,9 +44,13 @@ class MultiHeadAttention(nn.Module):
                      if config.position == "rope" else None)
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, seq, d_model) -> (batch, seq, d_model).
-        key_padding_mask: optional (batch, seq) bool, True for real tokens."""
+        key_padding_mask: optional (batch, seq) bool, True for real tokens.
+        positions: optional (batch, seq) or (seq,) true positions of the tokens in x (default
+        0..seq-1): RoPE rotates by them and the causal/window mask compares them, so a subset of
+        a sequence (Mixture-of-Depths' routed tokens) attends exactly as it would in place."""
         check_attention_input(x, self.config.d_model, key_padding_mask)
         B, T, _ = x.shape
         trace = trace.scope(self.name) if trace is not None else None
@@ -62,7 +66,7 @@ class MultiHeadAttention(nn.Module):
         record(trace, "k", k)
         record(trace, "v", v)
         if self.rope is not None:
-            q, k = self.rope(q, k, trace=trace)
+            q, k = self.rope(q, k, positions=positions, trace=trace)
             record(trace, "q_rot", q)
             record(trace, "k_rot", k)
 
@@ -70,7 +74,7 @@ class MultiHeadAttention(nn.Module):
         # j*group .. (j+1)*group - 1, so repeat each kv head `group` times in place.
         k = k.repeat_interleave(self.group_size, dim=1)             # (B, n_heads, T, head_dim)
 
-        mask = self._mask(T, x.device, key_padding_mask)           # (T, T) or (B, 1, T, T)
+        mask = self._mask(T, x.device, key_padding_mask, positions)  # (T, T) or (B, 1, T, T)
         weights = attention_weights(q, k, mask=mask, trace=trace)   # (B, n_heads, T, T)
 
         # Per head: weights @ that head's values, then the heads side by side.
@@ -86,10 +90,17 @@ class MultiHeadAttention(nn.Module):
         record(trace, "out", out, "output")
         return out
 
-    def _mask(self, T: int, device, key_padding_mask):
+    def _mask(self, T: int, device, key_padding_mask, positions=None):
         """(T, T) or (B, 1, T, T) bool built from the config's causal/window rules and any padding."""
         mask = None
-        if self.config.attention == "sliding_window":
+        if positions is not None and (self.config.causal or self.config.attention == "sliding_window"):
+            query_pos, key_pos = positions[..., :, None], positions[..., None, :]   # (.., T, 1), (.., 1, T)
+            mask = key_pos <= query_pos                             # (T, T) or (B, T, T): true positions
+            if self.config.attention == "sliding_window":
+                mask = mask & (key_pos > query_pos - self.config.window)
+            if mask.dim() == 3:
+                mask = mask[:, None]                                # (B, 1, T, T): every head
+        elif self.config.attention == "sliding_window":
             mask = sliding_window_mask(T, self.config.window, device=device)
         elif self.config.causal:
             mask = causal_mask(T, device=device)
