@@ -67,7 +67,9 @@ def decision_agreement(model: nn.Module, tokens: torch.Tensor) -> dict[str, dict
 
     Runs `model` on `tokens` (B, T) with top-k routing and compares, token by token,
     "router logit > 0" and "predictor logit > 0" with "in the top k":
-    {"layers.1": {"router": 0.97, "predictor": 0.98, "routed_share": 0.125}, ..., "all": {...}}"""
+    {"layers.1": {"router": 0.97, "predictor": 0.98, "routed_share": 0.125, "always_skip": 0.875},
+     ..., "all": {...}}. Mind "always_skip": at 12.5% capacity a decider that never routes agrees
+    87.5% of the time, so that is the figure to beat."""
     decisions = {name: block.decide for name, block in _mod_blocks(model)}
     was_training = model.training
     set_decision(model.eval(), "topk")
@@ -94,4 +96,6 @@ def decision_agreement(model: nn.Module, tokens: torch.Tensor) -> dict[str, dict
         totals["routed_share"][1] += target.numel()
         result[name] = row
     result["all"] = {key: hits / count for key, (hits, count) in totals.items() if count}
+    for row in result.values():                  # the agreement of "never route", to beat
+        row["always_skip"] = 1 - row["routed_share"]
     return result

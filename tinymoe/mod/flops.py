@@ -10,7 +10,8 @@ Attention itself multiplies tokens by tokens:
 
 so a routed block that computes k = capacity * T tokens does linear work times capacity and
 attention work times capacity^2. The router (and the predictor) still read every token.
-Norms, softmax and the residual adds are left out (a few FLOPs per value, not per weight).
+Norms, softmax, biases and the residual adds are left out (a few FLOPs per value, not per
+weight), the convention of torch.utils.flop_counter, which the tests count against.
 """
 from __future__ import annotations
 
@@ -56,9 +57,9 @@ def forward_flops(config: ModelConfig, seq_len: int, capacity: float | None = No
     for layer in range(config.n_layers):
         if config.mod_in_layer(layer):
             k = routed_tokens(seq_len, capacity)
-            router = 2 * seq_len * (config.d_model + 1)
+            router = 2 * seq_len * config.d_model                       # one logit per token
             if mod.predictor:
-                router += 2 * seq_len * (config.d_model * mod.predictor_hidden + 2 * mod.predictor_hidden + 1)
+                router += 2 * seq_len * mod.predictor_hidden * (config.d_model + 1)   # d -> hidden -> 1
             layers.append(block_flops(config, k, layer)["total"] + router)
             tokens.append(k)
         else:
