@@ -29,7 +29,7 @@ def make_block(config, seed=0):
 def test_batched_block_equals_per_token_reference(capacity, router_weight, attention):
     config = mod_config(capacity, router_weight, attention=attention, window=3 if attention == "sliding_window" else None)
     block = make_block(config)
-    x = torch.randn(3, 12, 8, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got, _ = block(x)
     expected = mod_block_reference(block, x)
@@ -139,8 +139,8 @@ def test_select_tokens_sorts_indices_not_ranks():
     assert y[0, [1, 3, 5]].abs().sum() == 0 and torch.equal(y[0, [0, 2, 4]], x[0, [0, 2, 4]])
 
 
-def _lm(decide_seed=0, **mod):
-    config = tm.ModelConfig(vocab_size=24, d_model=8, n_layers=4, n_heads=2, max_seq_len=32,
+def _lm(decide_seed=0, n_layers=4, **mod):
+    config = tm.ModelConfig(vocab_size=24, d_model=8, n_layers=n_layers, n_heads=2, max_seq_len=32,
                             mod=tm.MoDConfig(capacity=0.25, **mod))
     torch.manual_seed(decide_seed)
     return tm.TinyLM(config).eval()
@@ -174,7 +174,7 @@ def test_causal_decisions_never_change_when_a_future_token_changes(decide):
     model = set_decision(_lm(), decide)
     tokens = torch.randint(0, 24, (3, 16), generator=torch.Generator().manual_seed(0))
     before = _decisions(model, tokens)
-    for t in (15, 9, 4):
+    for t in (12, 4):
         changed = tokens.clone()
         changed[:, t:] = (changed[:, t:] + 7) % 24                          # change every token from t on
         after = _decisions(model, changed)
@@ -188,15 +188,15 @@ def test_causal_decisions_never_change_when_a_future_token_changes(decide):
 
 
 def test_aux_loss_training_makes_the_router_agree_with_top_k():
-    model = _lm(aux_loss_coef=1.0)
+    model = _lm(n_layers=2, aux_loss_coef=1.0)
     model.train()
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, 24, (64, 16), generator=g)
     held_out = torch.randint(0, 24, (16, 16), generator=g)
     before = decision_agreement(model, held_out)["all"]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
-    for step in range(60):
-        batch = data[(step * 8) % 64:(step * 8) % 64 + 8]
+    for step in range(40):
+        batch = data[(step * 16) % 64:(step * 16) % 64 + 16]
         out = model(batch, targets=batch)
         optimizer.zero_grad()
         sum(out.aux_losses.values()).backward()                             # the fixes' losses alone
