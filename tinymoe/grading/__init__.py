@@ -39,6 +39,7 @@ EXERCISES = {
     "06_moe_gating": "ex06_moe_gating",
     "07_nsa_selection": "ex07_nsa_selection",
     "08_routing_alignment": "ex08_routing_alignment",
+    "12_mixture_of_depths": "ex12_mixture_of_depths",
 }
 
 
