@@ -34,7 +34,7 @@ def test_flops_match_the_core_and_shrink_with_capacity(explorer):
 
 def test_every_control_value_draws_without_error(explorer):
     for name, value in explorer.grid():
-        if name == "seq_len" and value % 7:
+        if name == "seq_len" and value % 16:
             continue                                    # a sample of lengths keeps this quick
         explorer.set(**{name: value})
         assert explorer.error is None, f"{name}={value!r}: {explorer.error}"

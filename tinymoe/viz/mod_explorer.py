@@ -92,10 +92,11 @@ class MoDExplorer(Explorer):
             chosen = trace[f"layers.{first}.mod.routed"][0]
             labels = [f"t{t} ▶" if chosen[t] else f"t{t}" for t in range(T)]
             logits = trace[f"layers.{first}.mod.router_logits"][0]
-            sheets.append(sheet(torch.sigmoid(logits)[:, None], f"layers.{first}: r = sigmoid(router logit)",
-                                row_labels=labels, col_labels=["r"], note=f"▶ = one of the top {k}"))
+            sheets.append(sheet(torch.sigmoid(logits)[None], f"layers.{first}: r = sigmoid(router logit)",
+                                row_labels=["r"], col_labels=labels, max_cells=24,
+                                note=f"▶ = one of the top {k}; a picture past 24 tokens"))
             sheets.append(sheet(trace[f"layers.{first}.mod.x_routed"][0], f"layers.{first}.mod.x_routed",
-                                row_labels=[f"t{int(t)}" for t in trace[f"layers.{first}.mod.idx"][0]]))
+                                row_labels=[f"t{int(t)}" for t in trace[f"layers.{first}.mod.idx"][0]], max_cells=96))
 
         curves = {"dense": ([], []), "MoD": ([], [])}
         for c in self.curve_capacities:
