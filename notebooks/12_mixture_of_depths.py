@@ -34,7 +34,8 @@
 #
 # **Where we are.** The pre-norm decoder block of notebooks 04 and 06, at spreadsheet size: ten
 # tokens, `d_model = 5`, one head with `head_dim = 4` (RoPE rotates pairs, so it must be even), and a
-# SwiGLU feed-forward with `d_ff = 4`. The MoD block wraps it.
+# SwiGLU feed-forward with `d_ff = 4`. The MoD block wraps it: in the shapes table below, everything
+# under `layers.0.block.` holds 4 tokens, not 10, and the router (`layers.0.router`) adds 5 weights and a bias.
 
 # %%
 import torch, tinymoe as tm
@@ -54,7 +55,7 @@ trace = tm.Trace()
 with torch.no_grad():
     out, aux = block(x, trace)
 print("capacity", config.mod.capacity, "of", x.shape[1], "tokens: k =", routed_tokens(10, config.mod.capacity))
-print(block)
+viz.shapes_table(config)
 
 # %% [markdown]
 # ## The router: one number per token
@@ -142,8 +143,8 @@ assert gap < 1e-6
 print(f"capacity 100%, r = 1: largest difference from the plain block {gap:.1e}")
 block.train()
 block(x)[0].pow(2).sum().backward()
-print("gradient on the router's weights:", block.router.weight.grad)
 block.eval()
+print("gradient on the router's weights:", block.router.weight.grad)
 
 # %% [markdown]
 # ## The problem: top-k over the sequence looks at the future
