@@ -38,3 +38,21 @@ def test_every_control_value_draws_without_error(explorer):
             continue                                    # a sample of lengths keeps this quick
         explorer.set(**{name: value})
         assert explorer.error is None, f"{name}={value!r}: {explorer.error}"
+
+
+def test_display_shows_the_live_widget_and_a_static_snapshot():
+    from test_explorer_snapshot import _displayed_bundle      # the shared display helper
+    explorer = MoDExplorer(seq_len=8)
+    bundle = _displayed_bundle(explorer)
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    html = bundle["text/html"]
+    assert "<script" not in html and 'alt="heatmap"' in html, "the snapshot needs the layers x tokens picture"
+    assert "FLOPs" in html
+
+
+def test_moving_back_redraws_the_same_picture(explorer):
+    explorer.set(capacity=0.5, every_n_layers=2, seq_len=16)
+    first = explorer.routed
+    explorer.set(capacity=0.25, seq_len=20)
+    explorer.set(capacity=0.5, seq_len=16)
+    assert (explorer.routed == first).all(), "the same seed and settings should route the same tokens"
