@@ -15,6 +15,8 @@ weight), the convention of torch.utils.flop_counter, which the tests count again
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..config import ConfigError, ModelConfig
 from ..moe.sizes import moe_parameter_counts
 from ..sizes import attention_parameters
@@ -71,5 +73,5 @@ def forward_flops(config: ModelConfig, seq_len: int, capacity: float | None = No
 
 def flops_saving(config: ModelConfig, seq_len: int, capacity: float | None = None) -> float:
     """1 - FLOPs(MoD) / FLOPs(the same model with every block dense): the share of compute saved."""
-    dense = ModelConfig(**{**config.__dict__, "mod": None})
+    dense = dataclasses.replace(config, mod=None)
     return 1 - forward_flops(config, seq_len, capacity)["total"] / forward_flops(dense, seq_len)["total"]
