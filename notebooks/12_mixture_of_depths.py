@@ -388,7 +388,7 @@ gap = results["plain"] - results["MoD (top-k)"]
 print(f"lower held-out loss at equal training FLOPs: {winner} (plain minus MoD: {gap:+.3f} nats)")
 print(f"steps: plain {plain_steps}, MoD {mod_steps} ({mod_steps / plain_steps:.2f}x the batches)")
 control = "MoD (top-k)" if results["MoD (top-k)"] < results["plain (same steps)"] else "plain (same steps)"
-print(f"at equal steps ({mod_steps}) the lower loss is {control}'s "
+print(f"lower held-out loss at equal steps ({mod_steps} each): {control} "
       f"(plain minus MoD: {results['plain (same steps)'] - results['MoD (top-k)']:+.3f} nats), "
       f"with MoD using {mod_flops / plain_flops:.0%} of the plain model's FLOPs")
 print(f"cost of sampling with a causal rule instead of top-k: router "
