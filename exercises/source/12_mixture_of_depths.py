@@ -105,7 +105,7 @@ def mod_block_step(x: torch.Tensor, logits: torch.Tensor, k: int, block) -> torc
     weight = logits.gather(1, positions).sigmoid().unsqueeze(-1)           # (B, k, 1)
     return x.scatter(1, rows, routed + weight * (y - routed))              # r scales the update only
     ### END SOLUTION
-    raise NotImplementedError("see notebooks/12_mixture_of_depths.ipynb, section: Three classic bugs")
+    raise NotImplementedError("see notebooks/12_mixture_of_depths.ipynb, sections: Which tokens go through: gather; The block runs among the routed tokens, at their true positions; The routed rows' update, scaled by r: scatter")
 
 
 # %%

@@ -187,7 +187,8 @@ STEP_HINTS = {
 
 MOD_BLOCK_STEP = Question(
     "mod_block_step", "the draft MoD step with its three bugs fixed", step_cases,
-    section=f"{NOTEBOOK}, section: Three classic bugs",
+    section=(f"{NOTEBOOK}, sections: Which tokens go through: gather; The block runs among the routed tokens, "
+             f"at their true positions; The routed rows' update, scaled by r: scatter"),
     misconceptions=[
         Misconception("draft_unchanged", "this is still the draft: all three bugs are in it (which tokens are gathered, "
                       "at which positions they run, and what r multiplies)", _step(True, True, True)),
