@@ -273,26 +273,13 @@ print(f"integrated: {int(noop.sum())} of {noop.numel()} top-2 slots went to a no
 # separates "MoD routing" from "more steps".
 
 # %%
-from pydoc_data.topics import topics
+from tinymoe.train import TrainConfig, evaluate, get_batch, load_corpus, train
 
 torch.set_num_threads(1)                  # one thread: the training runs are bitwise the same every time
-text = "\n".join(topics[name] for name in sorted(topics))
-split = int(0.9 * len(text))
-chars = sorted(set(text))
-stoi = {c: i for i, c in enumerate(chars)}
-data = torch.tensor([stoi[c] for c in text])
-train_data, val_data = data[:split], data[split:]
-batch_size, seq_len = 16, 64
-
-
-def get_batch(source, generator):
-    starts = torch.randint(0, len(source) - seq_len - 1, (batch_size,), generator=generator)
-    x = torch.stack([source[s: s + seq_len] for s in starts])            # (batch, seq_len)
-    y = torch.stack([source[s + 1: s + seq_len + 1] for s in starts])    # (batch, seq_len)
-    return x, y
-
-
-base = dict(vocab_size=len(chars), d_model=48, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=seq_len)
+data = load_corpus("pydoc", tokenizer="char")                            # notebook 08's text, split 90/10
+print(data)
+seq_len = 64
+base = dict(vocab_size=data.vocab_size, d_model=48, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=seq_len)
 plain_config = tm.ModelConfig(**base)
 mod_config = tm.ModelConfig(**base, mod=tm.MoDConfig(capacity=0.125, aux_loss_coef=0.01))
 plain_flops = forward_flops(plain_config, seq_len)["total"]
@@ -304,35 +291,29 @@ print(f"FLOPs per forward of {seq_len} tokens: plain {plain_flops:,}, MoD {mod_f
 print(f"same budget: plain {plain_steps} steps, MoD {mod_steps} steps")
 
 # %% [markdown]
-# The training loop is the one of notebook 08, written out: batch, forward with targets, `loss`
-# (cross-entropy plus the auxiliary losses), backward, AdamW step.
+# The training loop is `tinymoe.train.train`, notebook 08's loop as a library: a batch, the forward
+# pass, the cross-entropy plus the auxiliary losses (here the MoD router's BCE and the predictor's),
+# backward, gradient clipping, an AdamW step with a short warm-up and a cosine schedule laid out over
+# each run's own number of steps. The held-out loss is `evaluate` on ten fixed validation batches.
 
 # %% tags=["nbval-ignore-output"]
-@torch.no_grad()
-def held_out_loss(model) -> float:
-    model.eval()
-    gen = torch.Generator().manual_seed(123)
-    loss = sum(model(*get_batch(val_data, gen)).ce_loss for _ in range(10)) / 10
-    model.train()
-    return float(loss)
+recipe = TrainConfig(batch_size=16, seq_len=seq_len, lr=3e-3, warmup_steps=10, eval_every=0, progress=False)
 
 
-def train(config, steps):
-    torch.manual_seed(0)
+def trained(config, steps):
+    torch.manual_seed(0)                                                 # the same starting weights
     model = tm.TinyLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    batches = torch.Generator().manual_seed(0)
-    for step in range(steps):
-        out = model(*get_batch(train_data, batches))
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+    train(model, data, recipe.replace(steps=steps))
     return model
 
 
-plain = train(plain_config, plain_steps)
-mod_model = train(mod_config, mod_steps)
-plain_longer = train(plain_config, mod_steps)                            # the control: same steps, more FLOPs
+def held_out_loss(model) -> float:
+    return evaluate(model, data.val, batch_size=16, seq_len=seq_len, n_batches=10, seed=123)
+
+
+plain = trained(plain_config, plain_steps)
+mod_model = trained(mod_config, mod_steps)
+plain_longer = trained(plain_config, mod_steps)                          # the control: same steps, more FLOPs
 results = {"plain": held_out_loss(plain), "MoD (top-k)": held_out_loss(mod_model),
            "plain (same steps)": held_out_loss(plain_longer)}
 for name, loss in results.items():
@@ -348,7 +329,7 @@ assert max(results.values()) < 3.2, "both models should have learned well past t
 # causal rule (which sampling needs) and measure its held-out loss again.
 
 # %% tags=["nbval-ignore-output"]
-probe, _ = get_batch(val_data, torch.Generator().manual_seed(5))
+probe, _ = get_batch(data.val, 16, seq_len, torch.Generator().manual_seed(5))
 agreement = decision_agreement(mod_model, probe)
 for layer, row in agreement.items():
     print(f"{layer:<9} router {row['router']:.1%}   predictor {row['predictor']:.1%}   "
