@@ -22,6 +22,8 @@ from ..block import DecoderBlock
 from ..config import ModelConfig
 from ..mod import gather_tokens, scatter_tokens, select_tokens
 from .checks import Case, Exercise, Misconception, Property, Question
+from .policy import allow_code
+from .wire import provided
 
 NOTEBOOK = "notebooks/12_mixture_of_depths.ipynb"
 
@@ -140,6 +142,38 @@ SCATTER_UPDATE = Question(
 _BLOCK_CONFIG = dict(d_model=8, n_heads=2, max_seq_len=32)
 
 
+@allow_code
+@provided("rope_decoder_block")
+class _Block:
+    """The decoder block a case hands the learner: block(x, positions=None) -> (y, aux_losses), a
+    two-head RoPE DecoderBlock. Handed over, so calling it is no shortcut; it crosses into a sandbox
+    as its seed and weights (wire.py)."""
+
+    def __init__(self, seed, *weights):
+        self.seed = int(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.module = DecoderBlock(ModelConfig(**_BLOCK_CONFIG)).eval()
+        if weights:
+            self.module.load_state_dict(dict(zip(self.module.state_dict(), weights)))
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def __call__(self, x, positions=None):
+        with torch.no_grad():
+            return self.module(x, positions=positions)
+
+    def __repr__(self):
+        return "<decoder block: block(x (B, k, 8), positions=None) -> (y (B, k, 8), aux_losses)>"
+
+    def to_wire(self):
+        return (self.seed, *self.module.state_dict().values())
+
+    @classmethod
+    def from_wire(cls, data):
+        return cls(*data)
+
+
 def _core_step(x, logits, k, block):
     idx = select_tokens(logits, k)
     x_routed = gather_tokens(x, idx)
@@ -151,10 +185,7 @@ def _core_step(x, logits, k, block):
 def step_cases(d):
     specs = [("one sequence of 10 tokens, k = 4", 1, 10, 4), ("2 sequences of 12 tokens, k = 3", 2, 12, 3),
              ("2 sequences of 16 tokens, k = 8", 2, 16, 8)]
-    with d.torch_seed():
-        block = DecoderBlock(ModelConfig(**_BLOCK_CONFIG)).eval()
-    for p in block.parameters():
-        p.requires_grad_(False)
+    block = _Block(d.seed)
     cases = []
     for label, B, T, k in specs:
         x, logits = d.randn(B, T, 8), _logits(d, B, T)
