@@ -59,6 +59,9 @@ def _unsupported(config: ModelConfig) -> tuple[str, object, str] | None:
     if len(set(config.v_dims[:: config.group_size])) > 1:
         return ("v_head_dims", config.v_head_dims,
                 "the cache stores one value size for every kv head; this config has unequal v_head_dims")
+    if config.mod is not None:
+        return ("Mixture-of-Depths picks the top-k tokens of the whole sequence, so one decoded token "
+                "is routed differently than in the full sequence")
     moe = config.moe
     if moe is not None:
         if moe.router in ("expert_choice", "soft"):
@@ -89,12 +92,13 @@ def layer_cache_capacity(config: ModelConfig, layer: int, max_len: int) -> int:
 
 def mask_from_positions(q_positions: torch.Tensor, k_positions: torch.Tensor, window: int | None = None,
                         chunk_size: int | None = None) -> torch.Tensor:
-    """(T_q, T_k) bool, True = may attend, from the true positions of queries and keys.
+    """(T_q, T_k) bool, True = may attend, from the true positions of queries and keys
+    ((B, T_q, T_k) when the positions are given per sequence, (B, T)).
 
     causal: k <= q; sliding window: also k > q - window; chunked: also k // chunk == q // chunk.
     A key position of -1 is an empty cache slot and is never seen."""
-    q = q_positions[:, None]                                    # (T_q, 1)
-    k = k_positions[None, :]                                    # (1, T_k)
+    q = q_positions[..., :, None]                               # (T_q, 1) or (B, T_q, 1)
+    k = k_positions[..., None, :]                               # (1, T_k) or (B, 1, T_k)
     mask = (k >= 0) & (k <= q)
     if window is not None:
         mask &= k > q - window
