@@ -165,7 +165,8 @@ def test_torch_settings_a_learners_function_changes_are_put_back():
     def correct_but_rude(x):
         torch.set_default_dtype(torch.float64)
         torch.set_grad_enabled(False)
-        return torch.softmax(x, -1)
+        e = (x - x.amax(-1, keepdim=True)).exp()
+        return e / e.sum(-1, keepdim=True)
     result = exercise("01").safe_softmax.check(correct_but_rude)
     assert result.correct, result.text
     assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled(), \

@@ -1,5 +1,7 @@
 """The grader on a folder of fixture submissions (exercise 01): every submission gets a row and a
-reason, no run is unbounded, and the feedback shows no hidden input or expected value.
+reason, no run is unbounded, a cell that kills its process or will not stop still leaves the
+questions graded, a regrade with the run's seed is identical, and the feedback shows no hidden
+input or expected value.
 
 The fixtures (tests/fixtures/submissions, written by tests/fixtures/make_submissions.py) are a
 good answer, a partly right one, one that raises, one that loops forever, one that prints
@@ -8,6 +10,7 @@ and JSON that is not a notebook. (That an untouched released notebook reads "not
 test_exercises_checks.py, to keep this file's kernels few.)
 """
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -18,23 +21,26 @@ from pathlib import Path
 import pytest
 
 from tinymoe.grading.grade import grade_folder
+from tinymoe.grading.sandbox import bwrap_path
 
-pytestmark = [pytest.mark.exercises, pytest.mark.slow]
+pytestmark = [pytest.mark.exercises, pytest.mark.slow,
+              pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not installed; "
+                                 "`apt-get install bubblewrap` (.ci/run does)")]
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "submissions"
-CELL_TIMEOUT, TIMEOUT = 2, 12
+CELL_TIMEOUT, TIMEOUT = 4, 30
 
-# student -> (safe_softmax, attention, words the reason must contain)
+# student -> (safe_softmax, attention, words the reason must contain); "partial" is strictly between 0 and 1
 EXPECTED = {
     "good": (1, 1, []),
-    "partly_right": (1, 0, []),
-    "raising": (1, 0, ["raised ValueError: a cell of mine is broken"]),
-    "infinite_loop": (1, 0, ["did not finish within 2 s", "checking attention ran past 2 s"]),
+    "partly_right": (1, "partial", ["attention: incorrect at values", "[no_scale]"]),
+    "raising": (1, 0, ["raised ValueError: a cell of mine is broken", "attention: incorrect at runs (0 of"]),
+    "infinite_loop": (1, 0, ["did not finish within 4 s", "checking attention: it ran past 4 s"]),
     "huge_output": (1, 1, ["printed more than"]),
-    "renamed_function": (0, 0, []),
-    "kills_kernel": (0, 0, ["the kernel died while running code cell", "os._exit"]),
-    "broken_json": (0, 0, ["not a valid notebook", "NotJSONError"]),
+    "renamed_function": (0, 0, ["no function of that name (renamed or deleted)"]),
+    "kills_kernel": (1, 1, ["the kernel died while running code cell 4", "os._exit", "it was skipped"]),
+    "broken_json": (0, 0, ["not a valid notebook (NotJSONError)"]),
     "not_a_notebook": (0, 0, ["not a valid notebook"]),
 }
 
@@ -48,7 +54,7 @@ def graded(tmp_path_factory):
     start = time.monotonic()
     results = grade_folder("01_attention_by_hand", folder, out, cell_timeout=CELL_TIMEOUT, timeout=TIMEOUT,
                            output_limit=200_000, jobs=2)
-    return results, out, time.monotonic() - start
+    return results, out, time.monotonic() - start, folder
 
 
 def _rows(out: Path) -> dict:
@@ -57,37 +63,44 @@ def _rows(out: Path) -> dict:
 
 
 def test_gradebook_has_one_row_per_submission_and_one_column_per_check(graded):
-    _, out, _ = graded
+    _, out, _, _ = graded
     with open(out / "gradebook.csv", newline="", encoding="utf-8") as f:
         header = next(csv.reader(f))
-    assert header == ["student", "file", "safe_softmax", "attention", "total", "max", "seconds", "reason"]
+    assert header == ["student", "file", "submitted", "late", "safe_softmax", "attention", "total", "max",
+                      "percentage", "seconds", "reason"]
     assert sorted(_rows(out)) == sorted(EXPECTED), "every submission, broken or not, must get exactly one row"
 
 
 @pytest.mark.parametrize("student", list(EXPECTED))
 def test_each_fixture_gets_its_expected_scores_and_reason(graded, student):
-    _, out, _ = graded
+    _, out, _, _ = graded
     row = _rows(out)[student]
     softmax, attention, reasons = EXPECTED[student]
-    got = (int(float(row["safe_softmax"])), int(float(row["attention"])))
+    got = (float(row["safe_softmax"]), float(row["attention"]))
+    if attention == "partial":
+        assert 0 < got[1] < 1, f"{student}: attention scored {got[1]}, expected partial credit; reason: {row['reason']}"
+        attention = got[1]
     assert got == (softmax, attention), f"{student}: scores {got}, expected {(softmax, attention)}; reason: {row['reason']}"
-    assert float(row["total"]) == softmax + attention and float(row["max"]) == 2
+    assert float(row["total"]) == pytest.approx(softmax + attention) and float(row["max"]) == 2
+    if float(row["total"]) < 2:
+        assert row["reason"], f"{student} is below full marks with no reason in the CSV"
     for words in reasons:
         assert words in row["reason"], f"{student}: the reason should say {words!r}; it says {row['reason']!r}"
 
 
 def test_the_feedback_says_what_went_wrong_for_each_check(graded):
-    results, _, _ = graded
+    results, _, _, _ = graded
     by_student = {g.student: {r.question: r for r in g.results} for g in results}
     assert by_student["partly_right"]["attention"].misconception == "no_scale"
     assert by_student["raising"]["attention"].stage == "runs" and "IndexError" in by_student["raising"]["attention"].message
     assert "interrupted" in by_student["infinite_loop"]["attention"].message
+    assert by_student["kills_kernel"]["attention"].correct, "the questions after an os._exit cell were not graded"
     assert "no function named attention" in by_student["renamed_function"]["attention"].message
     assert "no function named safe_softmax" in by_student["renamed_function"]["safe_softmax"].message
 
 
 def test_every_submission_is_bounded_by_its_wall_clock_limit(graded):
-    results, _, elapsed = graded
+    results, _, elapsed, _ = graded
     slowest = max(results, key=lambda g: g.seconds)
     # the limit counts the submission's own cells and checks; the margin covers starting the kernel
     # and importing torch on a busy machine
@@ -96,7 +109,7 @@ def test_every_submission_is_bounded_by_its_wall_clock_limit(graded):
 
 
 def test_feedback_files_exist_and_show_no_hidden_values(graded):
-    _, out, _ = graded
+    _, out, _, _ = graded
     for student in EXPECTED:
         for suffix in (".md", ".html"):
             text = (out / "feedback" / f"{student}{suffix}").read_text(encoding="utf-8")
@@ -106,6 +119,20 @@ def test_feedback_files_exist_and_show_no_hidden_values(graded):
             assert not decimals, f"{student}{suffix} shows numbers {decimals}: feedback never shows values"
     partly = (out / "feedback" / "partly_right.md").read_text(encoding="utf-8")
     assert "Hint: scale the scores by 1/sqrt(d_k)" in partly
+
+
+def test_a_regrade_with_the_logged_seed_is_identical(graded, tmp_path):
+    results, out, _, folder = graded
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    again = tmp_path / "in"
+    again.mkdir()
+    shutil.copy(folder / "partly_right.ipynb", again / "partly_right.ipynb")
+    regraded = grade_folder("01_attention_by_hand", again, tmp_path / "out", cell_timeout=CELL_TIMEOUT, timeout=TIMEOUT,
+                            seed=run["seed"])
+    first = next(g for g in results if g.student == "partly_right")
+    assert [(r.score, r.message, r.seed) for r in regraded[0].results] == [(r.score, r.message, r.seed)
+                                                                          for r in first.results]
+    assert run["seeds"]["partly_right"] == regraded[0].seeds
 
 
 def test_cli_grades_a_folder_without_valid_notebooks_quickly(tmp_path):

@@ -233,3 +233,54 @@ def test_deepseek_v3_moe_matches_transformers():
         out, _ = ours(x)
         out_theirs = theirs(x)
     check("DeepSeek-V3 MoE (groups, scaling, shared) vs DeepseekV3MoE", out, out_theirs)
+
+
+# ---- the whole model, and decoding with a KV cache on both sides -----------------------------
+
+def _model_pair(seed: int = 60):
+    from transformers.models.llama4.modeling_llama4 import Llama4ForCausalLM
+    from tinymoe import TinyLM
+    hf, ours_config = _configs()
+    ours = TinyLM(ours_config).eval()
+    _randomize(ours, seed)
+    theirs = Llama4ForCausalLM(hf).eval()
+    with torch.no_grad():
+        theirs.model.embed_tokens.weight.copy_(ours.embed.weight)
+        theirs.model.norm.weight.copy_(ours.norm.weight)
+        theirs.lm_head.weight.copy_(ours.lm_head.weight)
+        for i, (block, layer) in enumerate(zip(ours.layers, theirs.model.layers)):
+            _copy_attention(block.attn, layer.self_attn)
+            layer.input_layernorm.weight.copy_(block.norm_1.weight)
+            layer.post_attention_layernorm.weight.copy_(block.norm_2.weight)
+            if ours_config.moe_in_layer(i):
+                _copy_moe(block.ffn, layer.feed_forward)
+            else:
+                for name in ("gate", "up", "down"):
+                    getattr(layer.feed_forward, f"{name}_proj").weight.copy_(getattr(block.ffn, f"w_{name}").weight)
+    return ours, theirs
+
+
+def test_tinylm_matches_llama4_for_causal_lm():
+    ours, theirs = _model_pair()
+    tokens = torch.randint(0, 29, (B, T), generator=_gen(6))
+    with torch.no_grad():
+        logits, logits_theirs = ours(tokens).logits, theirs(input_ids=tokens).logits
+    check("TinyLM (chunked + NoPE + MoE) vs Llama4ForCausalLM, logits", logits, logits_theirs, tol=1e-4)
+
+
+def test_cached_decoding_matches_llama4_with_its_own_cache():
+    """Prefill 5 tokens, then decode 10 one by one (past two chunk boundaries), on both sides with a cache."""
+    from transformers import DynamicCache
+    from tinymoe import KVCache
+    ours, theirs = _model_pair(seed=61)
+    tokens = torch.randint(0, 29, (1, 15), generator=_gen(7))
+    cache, their_cache = KVCache(ours.config, batch=1), DynamicCache(config=theirs.config)
+    with torch.no_grad():
+        steps = [(tokens[:, :5], torch.arange(5))] + [(tokens[:, t:t + 1], torch.tensor([t])) for t in range(5, 15)]
+        worst = 0.0
+        for chunk, positions in steps:
+            mine = ours(chunk, cache=cache).logits
+            theirs_out = theirs(input_ids=chunk, position_ids=positions[None], cache=their_cache, use_cache=True)
+            worst = max(worst, check(f"cached decode at positions {positions[0].item()}..{positions[-1].item()}",
+                                     mine, theirs_out.logits, tol=1e-4))
+    print(f"ORACLE worst cached-decode logit error vs Llama4ForCausalLM + DynamicCache: {worst:.3e}")

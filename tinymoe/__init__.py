@@ -6,7 +6,7 @@ intermediates there. The viz layer (`tinymoe.viz`) draws from traces; the core n
 from .attention import (attention_weights, causal_mask, naive_softmax, padding_mask, safe_softmax,
                         scaled_dot_product_attention, sliding_window_mask)
 from .block import DecoderBlock
-from .config import ConfigError, ModelConfig, MoEConfig, SparseAttentionConfig
+from .config import ConfigError, ModelConfig, MoDConfig, MoEConfig, SparseAttentionConfig
 from .kv_cache import KVCache, LayerKVCache, kv_cache_unsupported, mask_from_positions
 from .llama4 import attention_temperature, chunked_mask, qk_norm
 from .feedforward import MLP, SwiGLU, make_feedforward

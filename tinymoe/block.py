@@ -18,7 +18,7 @@ from .multihead import MultiHeadAttention
 from .norm import make_norm
 from .trace import Trace, record
 
-__all__ = ["DecoderBlock", "make_attention", "make_ffn"]
+__all__ = ["DecoderBlock", "make_attention", "make_ffn", "make_block"]
 
 
 def make_attention(config: ModelConfig, layer: int = 0) -> nn.Module:
@@ -32,6 +32,9 @@ def make_attention(config: ModelConfig, layer: int = 0) -> nn.Module:
 
 def make_ffn(config: ModelConfig, layer: int) -> nn.Module:
     """The dense feed-forward, or an MoE layer where the config puts one."""
+    if config.moe_in_layer(layer) and config.mod is not None and config.mod.kind == "integrated":
+        from .mod import IntegratedMoDE                   # MoE with no-op experts (Mixture-of-Depths)
+        return IntegratedMoDE(config, name="moe")
     if config.moe_in_layer(layer):
         from .moe import MoE                              # the Mixture-of-Experts layer (its own concept)
         return MoE(config, name="moe")
@@ -52,10 +55,11 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None,
                 key_padding_mask: torch.Tensor | None = None, cache=None, positions: torch.Tensor | None = None):
-        """cache: this layer's LayerKVCache (tinymoe/kv_cache.py) and positions (T,) the tokens' true positions."""
+        """cache: this layer's LayerKVCache (tinymoe/kv_cache.py); positions: the tokens' true
+        positions, (T,) or (B, T) (see MultiHeadAttention.forward)."""
         record(trace, "x", x, "input")
-        cached = {} if cache is None else {"cache": cache, "positions": positions}
-        h = x + self.attn(self.norm_1(x, trace), trace, key_padding_mask=key_padding_mask, **cached)  # (B, T, d_model)
+        extra = {name: value for name, value in (("cache", cache), ("positions", positions)) if value is not None}
+        h = x + self.attn(self.norm_1(x, trace), trace, key_padding_mask=key_padding_mask, **extra)  # (B, T, d_model)
         record(trace, "resid_attn", h)
         ffn_out = self.ffn(self.norm_2(h, trace), trace)
         aux_losses: dict[str, torch.Tensor] = {}
@@ -64,3 +68,11 @@ class DecoderBlock(nn.Module):
         out = h + ffn_out                                                                    # (B, T, d_model)
         record(trace, "out", out, "output")
         return out, aux_losses
+
+
+def make_block(config: ModelConfig, layer: int = 0) -> nn.Module:
+    """The decoder block of layer `layer`: a Mixture-of-Depths block where config.mod routes it."""
+    if config.mod_in_layer(layer):
+        from .mod import MoDBlock                         # the token-routing wrapper (its own concept)
+        return MoDBlock(config, layer=layer)
+    return DecoderBlock(config, layer=layer)

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["ConfigError", "ModelConfig", "MoEConfig", "SparseAttentionConfig"]
+__all__ = ["ConfigError", "ModelConfig", "MoEConfig", "SparseAttentionConfig", "MoDConfig"]
 
 
 class ConfigError(ValueError):
@@ -31,6 +31,8 @@ ROPE_PAIRINGS = ("rotate_half", "interleaved")
 ATTENTIONS = ("dense", "sliding_window", "native_sparse")
 ROUTERS = ("softmax_topk", "switch", "noisy_topk", "expert_choice", "soft", "sigmoid_bias", "llama4")
 DISPATCHES = ("loop", "dense", "grouped", "triton")
+MOD_KINDS = ("mod", "integrated")
+MOD_WEIGHTS = ("sigmoid", "logit", "one")
 
 
 def _positive_int(name: str, value) -> None:
@@ -209,6 +211,74 @@ class SparseAttentionConfig:
 
 
 @dataclass
+class MoDConfig:
+    """Mixture-of-Depths (Raposo et al. 2024): a router picks which tokens a block computes.
+
+    kind             mod: per routed block, only the top `capacity` share of each sequence's tokens
+                     runs the block, the rest ride the residual stream (with config.moe set as well:
+                     staged MoDE) | integrated: no token routing; n_noop_experts "do nothing"
+                     experts join every MoE layer's experts (integrated MoDE; needs config.moe)
+    capacity         share of the sequence a routed block computes, 0 < capacity <= 1 (paper: 0.125)
+    every_n_layers   route every n-th block, layers n-1, 2n-1, ... (paper: every other block, 2)
+    layers           the routed blocks by index, e.g. (1, 3); overrides every_n_layers
+    router_weight    what multiplies the block's update: sigmoid(logit) | logit (the paper's r) |
+                     one (r = 1: the top-k choice only, for checking against the plain block)
+    aux_loss_coef    causal fix 1: BCE of the router's logits against "in the top-k" (0: off)
+    predictor        causal fix 2: a small MLP on a stop-gradient copy of the input, trained with
+                     BCE to predict "in the top-k"
+    predictor_hidden hidden width of that MLP
+    n_noop_experts   integrated MoDE's no-op experts
+    """
+
+    kind: str = "mod"
+    capacity: float = 0.125
+    every_n_layers: int = 2
+    layers: tuple[int, ...] | None = None
+    router_weight: str = "sigmoid"
+    aux_loss_coef: float = 0.01
+    predictor: bool = True
+    predictor_hidden: int = 8
+    n_noop_experts: int = 0
+
+    def validate(self, prefix: str = "mod.") -> "MoDConfig":
+        _one_of(prefix + "kind", self.kind, MOD_KINDS)
+        _one_of(prefix + "router_weight", self.router_weight, MOD_WEIGHTS)
+        _number(prefix + "capacity", self.capacity,
+                "must be a share of the sequence, 0 < capacity <= 1 (0.125 routes one token in eight)",
+                lambda v: 0 < v <= 1)
+        _positive_int(prefix + "every_n_layers", self.every_n_layers)
+        if self.layers is not None:
+            if isinstance(self.layers, (str, bytes)) or not isinstance(self.layers, (tuple, list)):
+                raise ConfigError(prefix + "layers", self.layers, "must be a tuple of block indices, e.g. (1, 3)")
+            for i, layer in enumerate(self.layers):
+                if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+                    raise ConfigError(f"{prefix}layers[{i}]", layer, "must be a block index, a whole number >= 0")
+            if len(set(self.layers)) != len(self.layers):
+                raise ConfigError(prefix + "layers", tuple(self.layers), "names a block twice")
+        _number(prefix + "aux_loss_coef", self.aux_loss_coef, "must be a finite number >= 0", lambda v: v >= 0)
+        _flag(prefix + "predictor", self.predictor)
+        _positive_int(prefix + "predictor_hidden", self.predictor_hidden)
+        if isinstance(self.n_noop_experts, bool) or not isinstance(self.n_noop_experts, int) or self.n_noop_experts < 0:
+            raise ConfigError(prefix + "n_noop_experts", self.n_noop_experts, "must be a whole number >= 0")
+        if self.kind == "integrated" and self.n_noop_experts < 1:
+            raise ConfigError(prefix + "n_noop_experts", self.n_noop_experts,
+                              "must be >= 1 with kind='integrated': the no-op experts are how a token skips")
+        if self.kind == "mod" and self.n_noop_experts:
+            raise ConfigError(prefix + "n_noop_experts", self.n_noop_experts,
+                              "only applies to kind='integrated' (no-op experts inside the MoE layers); "
+                              "set kind='integrated' or n_noop_experts=0")
+        return self
+
+    def routes(self, layer: int) -> bool:
+        """Does block `layer` route its tokens (kind='mod')?"""
+        if self.kind != "mod":
+            return False
+        if self.layers is not None:
+            return layer in self.layers
+        return (layer + 1) % self.every_n_layers == 0
+
+
+@dataclass
 class ModelConfig:
     """Every dimension of a decoder-only transformer (with optional MoE and sparse attention).
 
@@ -236,6 +306,7 @@ class ModelConfig:
     qk_norm      L2-normalise q and k (RMS, no weight) after RoPE on the RoPE layers (Llama 4)
     attn_temperature_tuning  on NoPE layers scale q by 1 + attn_scale * log1p(floor((pos + 1) / floor_scale))
     floor_scale, attn_scale  the temperature tuning's constants (Llama 4: 8192, 0.1)
+    mod          Mixture-of-Depths settings (MoDConfig), or None for a model without token routing
     """
 
     vocab_size: int = 32
@@ -267,6 +338,7 @@ class ModelConfig:
     attn_temperature_tuning: bool = False
     floor_scale: float = 8192.0
     attn_scale: float = 0.1
+    mod: MoDConfig | None = None
 
     # ---- derived sizes (read these, not the raw fields) -------------------------------
     @property
@@ -310,6 +382,10 @@ class ModelConfig:
 
     def moe_in_layer(self, layer: int) -> bool:
         return self.moe is not None and (layer + 1) % self.moe.every_n_layers == 0
+
+    def mod_in_layer(self, layer: int) -> bool:
+        """Is block `layer` a Mixture-of-Depths block (its tokens routed around it)?"""
+        return self.mod is not None and self.mod.routes(layer)
 
     # ---- the rules ---------------------------------------------------------------------
     def validate(self) -> "ModelConfig":
@@ -379,6 +455,20 @@ class ModelConfig:
             if not isinstance(self.moe, MoEConfig):
                 raise ConfigError("moe", self.moe, "must be a MoEConfig(...) or None")
             self.moe.validate()
+        if self.mod is not None:
+            if not isinstance(self.mod, MoDConfig):
+                raise ConfigError("mod", self.mod, "must be a MoDConfig(...) or None")
+            self.mod.validate()
+            if self.mod.layers is not None and any(layer >= self.n_layers for layer in self.mod.layers):
+                raise ConfigError("mod.layers", tuple(self.mod.layers),
+                                  f"names a block past the last one (n_layers={self.n_layers}: blocks 0..{self.n_layers - 1})")
+            if self.mod.kind == "integrated" and self.moe is None:
+                raise ConfigError("mod.kind", "integrated",
+                                  "puts no-op experts among an MoE layer's experts, so it needs config.moe = MoEConfig(...)")
+            if self.mod.kind == "integrated" and self.moe.router in ("expert_choice", "soft"):
+                raise ConfigError("mod.kind", "integrated",
+                                  f"needs a token-choice router (a token picks the no-op expert); "
+                                  f"moe.router={self.moe.router!r} is not one")
         return self
 
     def _validate_llama4(self) -> None:
@@ -402,3 +492,5 @@ class ModelConfig:
         # A list is accepted for convenience; anything else odd is left for validate() to name.
         if isinstance(self.v_head_dims, list):
             self.v_head_dims = tuple(self.v_head_dims)
+        if self.mod is not None and isinstance(getattr(self.mod, "layers", None), list):
+            self.mod.layers = tuple(self.mod.layers)

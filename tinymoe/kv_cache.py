@@ -47,24 +47,37 @@ from .config import ConfigError, ModelConfig
 __all__ = ["KVCache", "LayerKVCache", "mask_from_positions", "kv_cache_unsupported", "layer_cache_capacity"]
 
 
-def kv_cache_unsupported(config: ModelConfig) -> str | None:
-    """None if a KV cache gives the same logits as recomputing; else the reason it cannot."""
+def _unsupported(config: ModelConfig) -> tuple[str, object, str] | None:
+    """(field, value, reason) of the first thing that keeps this config from a KV cache, or None."""
     config.validate()
     if config.attention == "native_sparse":
-        return ("native sparse attention compresses and selects blocks over the whole sequence, "
-                "so its keys are not a per-token cache")
+        return ("attention", config.attention, "native sparse attention compresses and selects blocks over the "
+                "whole sequence, so its keys are not a per-token cache")
     if not config.causal:
-        return "non-causal attention lets earlier tokens see later ones, so their keys and values go stale"
+        return ("causal", config.causal,
+                "non-causal attention lets earlier tokens see later ones, so their keys and values go stale")
     if len(set(config.v_dims[:: config.group_size])) > 1:
-        return "the cache stores one value size for every kv head; this config has unequal v_head_dims"
+        return ("v_head_dims", config.v_head_dims,
+                "the cache stores one value size for every kv head; this config has unequal v_head_dims")
+    if config.mod is not None:
+        return ("Mixture-of-Depths picks the top-k tokens of the whole sequence, so one decoded token "
+                "is routed differently than in the full sequence")
     moe = config.moe
     if moe is not None:
         if moe.router in ("expert_choice", "soft"):
-            return f"the {moe.router} router mixes tokens across the batch: one decoded token is routed differently"
+            return ("moe.router", moe.router,
+                    f"the {moe.router} router mixes tokens across the batch: one decoded token is routed differently")
         if moe.capacity_factor is not None:
-            return ("expert capacity depends on how many tokens are routed together: one decoded token "
+            return ("moe.capacity_factor", moe.capacity_factor,
+                    "expert capacity depends on how many tokens are routed together: one decoded token "
                     "is never dropped where the full sequence might be")
     return None
+
+
+def kv_cache_unsupported(config: ModelConfig) -> str | None:
+    """None if a KV cache gives the same logits as recomputing; else the reason it cannot."""
+    found = _unsupported(config)
+    return None if found is None else found[2]
 
 
 def layer_cache_capacity(config: ModelConfig, layer: int, max_len: int) -> int:
@@ -79,12 +92,13 @@ def layer_cache_capacity(config: ModelConfig, layer: int, max_len: int) -> int:
 
 def mask_from_positions(q_positions: torch.Tensor, k_positions: torch.Tensor, window: int | None = None,
                         chunk_size: int | None = None) -> torch.Tensor:
-    """(T_q, T_k) bool, True = may attend, from the true positions of queries and keys.
+    """(T_q, T_k) bool, True = may attend, from the true positions of queries and keys
+    ((B, T_q, T_k) when the positions are given per sequence, (B, T)).
 
     causal: k <= q; sliding window: also k > q - window; chunked: also k // chunk == q // chunk.
     A key position of -1 is an empty cache slot and is never seen."""
-    q = q_positions[:, None]                                    # (T_q, 1)
-    k = k_positions[None, :]                                    # (1, T_k)
+    q = q_positions[..., :, None]                               # (T_q, 1) or (B, T_q, 1)
+    k = k_positions[..., None, :]                               # (1, T_k) or (B, 1, T_k)
     mask = (k >= 0) & (k <= q)
     if window is not None:
         mask &= k > q - window
@@ -105,7 +119,7 @@ class LayerKVCache:
 
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
         """Store new keys k (B, n_kv_heads, T, head_dim) and values v (B, n_kv_heads, T, v_dim) at
-        `positions` (T,); return the keys, values and key positions the new queries attend over
+        `positions` (T,), consecutive and following what is cached; return the keys, values and key positions the new queries attend over
         (mask them with `mask_from_positions`)."""
         if k.shape[0] != self.k.shape[0] or k.shape[1] != self.k.shape[1] or k.shape[-1] != self.k.shape[-1]:
             raise ValueError(f"k has shape {tuple(k.shape)}: this cache holds (batch, n_kv_heads, seq, head_dim) = "
@@ -142,10 +156,10 @@ class KVCache:
 
     def __init__(self, config: ModelConfig, batch: int = 1, max_len: int | None = None,
                  dtype: torch.dtype = torch.float32, device=None):
-        reason = kv_cache_unsupported(config)
-        if reason is not None:
-            raise ConfigError("attention" if config.attention == "native_sparse" else "config", config.attention,
-                              f"cannot use a KV cache: {reason}")
+        found = _unsupported(config)
+        if found is not None:
+            field, value, reason = found
+            raise ConfigError(field, value, f"cannot use a KV cache: {reason}")
         max_len = config.max_seq_len if max_len is None else max_len
         for name, value in (("batch", batch), ("max_len", max_len)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .block import DecoderBlock
+from .block import make_block
 from .config import ModelConfig
 from .kv_cache import KVCache, kv_cache_unsupported
 from .norm import make_norm
@@ -47,7 +47,7 @@ class TinyLM(nn.Module):
             self.register_buffer("pos", sinusoidal_positions(config.max_seq_len, config.d_model), persistent=False)
         else:
             self.pos = None
-        self.layers = nn.ModuleList(DecoderBlock(config, layer=i) for i in range(config.n_layers))
+        self.layers = nn.ModuleList(make_block(config, layer=i) for i in range(config.n_layers))
         self.norm = make_norm(config, name="final_norm")
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:

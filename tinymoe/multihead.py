@@ -56,8 +56,11 @@ class MultiHeadAttention(nn.Module):
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, seq, d_model) -> (batch, seq, d_model).
         key_padding_mask: optional (batch, seq) bool, True for real tokens.
-        cache: this layer's LayerKVCache; positions: (seq,) true positions of x's tokens
-        (default 0 .. seq-1; with a cache, pass where the cache stands)."""
+        cache: this layer's LayerKVCache.
+        positions: (seq,) or (batch, seq) true positions of x's tokens (default 0 .. seq-1). RoPE
+        rotates by them and the mask compares them, so a cache's new tokens (positions from where
+        the cache stands) or a subset of a sequence (Mixture-of-Depths' routed tokens) attend
+        exactly as they would in place."""
         check_attention_input(x, self.config.d_model, key_padding_mask)
         if cache is not None and key_padding_mask is not None:
             raise ValueError("key_padding_mask with a KV cache: the cache serves unpadded batches only")
@@ -84,8 +87,9 @@ class MultiHeadAttention(nn.Module):
                 record(trace, "k_norm", k)
         elif self.config.attn_temperature_tuning:                   # Llama 4's NoPE layers
             pos = torch.arange(T, device=x.device) if positions is None else positions
-            scale = attention_temperature(pos, self.config.attn_scale, self.config.floor_scale)  # (T,)
-            q = (q * scale[:, None].to(q.dtype)).to(q.dtype)        # (B, n_heads, T, head_dim)
+            scale = attention_temperature(pos, self.config.attn_scale, self.config.floor_scale)  # (T,) or (B, T)
+            scale = scale[..., None, :, None] if scale.dim() == 2 else scale[:, None]   # broadcast over heads, dims
+            q = (q * scale.to(q.dtype)).to(q.dtype)                 # (B, n_heads, T, head_dim)
             record(trace, "q_temperature", scale)
         if cache is not None:
             if positions is None:
@@ -93,14 +97,20 @@ class MultiHeadAttention(nn.Module):
             v_kv = v.view(B, T, H_kv, -1).transpose(1, 2)           # (B, n_kv_heads, T, v_dim)
             k, v_kv, key_positions = cache.update(k, v_kv, positions)  # (B, n_kv_heads, S, .) S: cached + new
             v = v_kv.transpose(1, 2).reshape(B, k.shape[2], -1)     # (B, S, sum of kv value dims)
+        else:
+            key_positions = positions                               # the keys are the queries' own tokens
 
         # Each query head reads the kv head of its group: kv head j serves query heads
         # j*group .. (j+1)*group - 1, so repeat each kv head `group` times in place.
         k = k.repeat_interleave(self.group_size, dim=1)             # (B, n_heads, T, head_dim)
 
-        if cache is not None:
+        if positions is not None and (self.config.causal or cache is not None):
             window = self.config.window if self.config.attention == "sliding_window" else None
-            mask = mask_from_positions(positions, key_positions, window, self.chunk_size)  # (T, S)
+            mask = mask_from_positions(positions, key_positions, window, self.chunk_size)  # (T, S) or (B, T, S)
+            if mask.dim() == 3:
+                mask = mask[:, None]                                # (B, 1, T, S): every head
+            if key_padding_mask is not None:
+                mask = mask & key_padding_mask[:, None, None, :].bool()
         else:
             mask = self._mask(T, x.device, key_padding_mask)       # (T, T) or (B, 1, T, T)
         weights = attention_weights(q, k, mask=mask, trace=trace)   # (B, n_heads, T, T)

@@ -16,7 +16,8 @@ For the instructor (see exercises/README.md, "Teaching with tinymoe"):
 
     python -m tinymoe.grading build                      # source .py twins -> source .ipynb
     python -m tinymoe.grading release                    # source -> exercises/release (no solutions)
-    python -m tinymoe.grading grade 01_attention_by_hand submissions/ --out grades/
+    python -m tinymoe.grading grade 01_attention_by_hand submissions/ --out grades/   # sandboxed (grade.py)
+    python -m tinymoe.grading export grades/ --overrides overrides.csv               # no regrade
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ EXERCISES = {
     "08_routing_alignment": "ex08_routing_alignment",
     "10_chunked_mask": "ex10_chunked_mask",
     "11_kv_cache_decode": "ex11_kv_cache_decode",
+    "12_mixture_of_depths": "ex12_mixture_of_depths",
 }
 
 

@@ -3,6 +3,8 @@
     python -m tinymoe.grading build   [NN ...]       exercises/source/*.py -> *.ipynb
     python -m tinymoe.grading release [NN ...]       exercises/source -> exercises/release
     python -m tinymoe.grading grade EXERCISE FOLDER --out DIR [--cell-timeout S] [--timeout S]
+                              [--deadline ISO] [--overrides CSV] [--seed N] [--jobs N]
+    python -m tinymoe.grading export DIR [--deadline ISO] [--overrides CSV]   rewrite the gradebook, no regrade
     python -m tinymoe.grading list                   the exercises and their checks
 """
 from __future__ import annotations
@@ -36,6 +38,20 @@ def main(argv=None) -> int:
     grade.add_argument("--timeout", type=float, default=300, help="wall-clock seconds per submission (default 300)")
     grade.add_argument("--output-limit", type=int, default=1_000_000, help="bytes of output kept per submission")
     grade.add_argument("--jobs", type=int, default=1, help="submissions graded at once (default 1)")
+    grade.add_argument("--memory", type=int, default=4096, help="address-space limit per submission, MB (default 4096)")
+    grade.add_argument("--seed", type=int, default=None,
+                       help="the run's seed (default: a fresh one, logged in run.json); the same seed regrades identically")
+    grade.add_argument("--deadline", default=None, help="ISO date-time (UTC unless it has an offset); later ones are flagged late")
+    grade.add_argument("--overrides", type=Path, default=None,
+                       help="CSV of manual overrides: student, question, points, comment")
+    grade.add_argument("--unsafe-no-sandbox", action="store_true",
+                       help="grade without bubblewrap (student code runs with your permissions; the gradebook says so)")
+
+    export = sub.add_parser("export", help="rewrite gradebook.csv, lms.csv and feedback from a graded folder "
+                                           "(overrides, deadline) without running anything")
+    export.add_argument("out", type=Path, help="the --out folder of a grade run")
+    export.add_argument("--deadline", default=None)
+    export.add_argument("--overrides", type=Path, default=None)
 
     sub.add_parser("list", help="list the exercises and their checks")
     args = parser.parse_args(argv)
@@ -50,21 +66,44 @@ def main(argv=None) -> int:
             print(f"released {path}")
     elif args.command == "grade":
         from . import exercise
-        from .grade import grade_folder
+        from .grade import GradingError, grade_folder
+        from .sandbox import SandboxUnavailable
         name = exercise(args.exercise).name
         if not args.folder.is_dir():
             parser.error(f"{args.folder} is not a folder of submissions")
-        graded = grade_folder(name, args.folder, args.out, cell_timeout=args.cell_timeout, timeout=args.timeout,
-                              output_limit=args.output_limit, jobs=args.jobs)
-        for g in sorted(graded, key=lambda g: g.student):
-            reason = f"  ({'; '.join(g.notes)})" if g.notes else ""
-            print(f"{g.student:<30} {g.total:g}/{g.maximum:g}{reason}")
-        print(f"gradebook: {args.out / 'gradebook.csv'}\nfeedback:  {args.out / 'feedback'}")
+        try:
+            graded = grade_folder(name, args.folder, args.out, cell_timeout=args.cell_timeout, timeout=args.timeout,
+                                  output_limit=args.output_limit, jobs=args.jobs, seed=args.seed,
+                                  sandboxed=not args.unsafe_no_sandbox, memory_mb=args.memory,
+                                  deadline=args.deadline, overrides=args.overrides)
+        except (SandboxUnavailable, GradingError) as error:
+            print(f"grade: {error}", file=sys.stderr)
+            return 2
+        _print_gradebook(args.out)
+    elif args.command == "export":
+        from .grade import GradingError, export as do_export
+        try:
+            do_export(args.out, deadline=args.deadline, overrides=args.overrides)
+        except (GradingError, OSError) as error:
+            print(f"export: {error}", file=sys.stderr)
+            return 2
+        _print_gradebook(args.out)
     elif args.command == "list":
         from . import EXERCISES, exercise
         for name in EXERCISES:
             print(exercise(name))
     return 0
+
+
+def _print_gradebook(out: Path) -> None:
+    """What the CSV on disk says (so what the console shows is what the file holds)."""
+    import csv
+    with open(out / "gradebook.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            reason = f"  ({row['reason']})" if row["reason"] else ""
+            print(f"{row['student']:<30} {row['total']}/{row['max']}{reason}")
+    print(f"gradebook: {out / 'gradebook.csv'}\nLMS:       {out / 'lms.csv'}\nfeedback:  {out / 'feedback'}\n"
+          f"seeds:     {out / 'run.json'}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from .policy import allow_code
 from .feedback import (CHECKER_ERROR, CORRECT, INCORRECT, NOT_ATTEMPTED, STAGE_TITLES, STAGES, Note,
                        Result)
 
@@ -77,6 +78,7 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     expected: Any = None
     info: dict = field(default_factory=dict)      # facts properties need (causal, group size, ...)
+    points: float = 1.0                           # its weight in the question's partial credit
 
 
 @dataclass
@@ -115,6 +117,7 @@ class LearnerFailed(Exception):
         self.summary, self.error = summary, error
 
 
+@allow_code
 class _Discard:
     """A stdout/stderr that swallows whatever the learner's function prints."""
 
@@ -149,16 +152,18 @@ def _summary(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def call_learner(fn: Callable, args: tuple = (), kwargs: dict | None = None):
+def call_learner(fn: Callable, args: tuple = (), kwargs: dict | None = None, tripwire=None):
     """fn(*args, **kwargs), with its output swallowed and torch's global settings restored.
     Returns the value, or raises LearnerFailed whatever the function raised (BaseException too).
-    Pass copies of anything the function must not be able to change."""
+    Pass copies of anything the function must not be able to change. With a `tripwire`
+    (policy.Tripwire) the forbidden functions it calls are recorded."""
     dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
     sink = _Discard()
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return fn(*args, **(kwargs or {}))
+            with (tripwire if tripwire is not None else contextlib.nullcontext()):
+                return fn(*args, **(kwargs or {}))
     except BaseException as error:                  # noqa: BLE001 - a learner's code may raise anything
         raise LearnerFailed(_summary(error), error) from None
     finally:
@@ -218,6 +223,9 @@ def _as_int(value):
 
 def _kind(value) -> str:
     """The type of a value as a learner would write it: 'NoneType', 'str', 'numpy.ndarray'."""
+    from .wire import Opaque
+    if isinstance(value, Opaque):
+        return value.kind
     module = type(value).__module__.split(".")[0]
     return type(value).__name__ if module == "builtins" else f"{module}.{type(value).__name__}"
 
@@ -303,12 +311,17 @@ class Question:
     error_hints     ErrorHint list: hints for exceptions a known mistake raises
     hints           progressive hints for hint()
     section         where the notebook explains it, for messages
+    points          the question's points; each case earns its share (Case.points) of them
+    forbidden       the shortcuts it forbids (policy.py): dotted names (`torch.softmax`), packages,
+                    methods (`.softmax`); the library's own reference (`tinymoe`) always, unless
+    allowed         names it may use after all (a tinymoe helper the exercise hands out)
     """
 
     def __init__(self, name: str, title: str, make_cases: Callable, *, exercise: str = "",
                  section: str = "", properties=(), misconceptions=(), error_hints=(), hints=(),
-                 points: float = 1.0):
+                 points: float = 1.0, forbidden=(), allowed=()):
         self.name, self.title, self.make_cases = name, title, make_cases
+        self.forbidden, self.allowed = tuple(forbidden), tuple(allowed)
         self.exercise, self.section = exercise, section
         self.properties = list(properties)
         self.misconceptions = list(misconceptions)
@@ -350,11 +363,35 @@ class Question:
         return solution_note(self.exercise, self.name)
 
     # -- the check itself ---------------------------------------------------------------------
-    def result(self, fn, seed: int | None = None) -> Result:
-        """The staged check; never raises (a checker bug comes back as status checker_error)."""
+    def result(self, fn, seed: int | None = None, sources=None) -> Result:
+        """The staged check of `fn` in this process; never raises (a checker bug comes back as
+        status checker_error). Shortcuts are looked for in `sources` (the notebook's cells; by
+        default what IPython has run so far) and watched for while `fn` runs."""
         seed = secrets.randbits(31) if seed is None else int(seed)
+        if fn is None or not callable(fn):
+            return Result(self.name, INCORRECT, f"check() needs your function itself, e.g. "
+                          f"check({self.name}); it was given {_kind(fn)}", stage="runs", seed=seed, points=self.points)
+        from .policy import Tripwire, notebook_sources, scan_source
         try:
-            return self._run(fn, seed)
+            static = scan_source(notebook_sources(fn) if sources is None else sources, self.name,
+                                 self.forbidden, self.allowed)
+        except Exception:                            # noqa: BLE001 - unreadable source: the tripwire still watches
+            static = []
+        tripwire = Tripwire(self.forbidden, self.allowed)
+
+        def call(args, kwargs):
+            a, k = _clone(args), _clone(kwargs)
+            out = call_learner(fn, a, k, tripwire=tripwire)
+            return out, not (_same(a, args) and _same(k, kwargs))
+
+        return self.evaluate(call, seed, shortcuts=lambda: sorted(set(static) | tripwire.used))
+
+    def evaluate(self, call: Callable, seed: int, shortcuts: Callable = lambda: []) -> Result:
+        """The staged check of a learner's function reached through `call(args, kwargs) -> (output,
+        changed its inputs?)`, which raises LearnerFailed when the function does: in this process
+        (result) or in a sandbox (grade.py). Cases, expected values and the verdict stay here."""
+        try:
+            return self._run(call, seed, shortcuts)
         except BaseException as error:               # noqa: BLE001 - the checker never breaks a notebook
             if isinstance(error, KeyboardInterrupt):
                 return Result(self.name, INCORRECT, "the check was interrupted before it finished "
@@ -363,69 +400,93 @@ class Question:
                           f"instructor ({_summary(error)}; {traceback.format_exc(limit=2).splitlines()[-1]})",
                           seed=seed, points=self.points)
 
-    def _fail(self, stage: str, message: str, seed: int, n_cases: int, hint=None, misconception=None) -> Result:
+    def _fail(self, stage: str, message: str, seed: int, n_cases: int, hint=None, misconception=None,
+              passed: int = 0, fraction: float = 0.0) -> Result:
         step = STAGES.index(stage) + 1
         text = f"incorrect at step {step} of {len(STAGES)} ({STAGE_TITLES[stage]}): {message}."
+        if passed:
+            text += f" {passed} of {n_cases} cases pass every step (partial credit)."
         return Result(self.name, INCORRECT, text, stage=stage, hint=hint, misconception=misconception,
-                      cases=n_cases, seed=seed, points=self.points)
+                      cases=n_cases, seed=seed, points=self.points, passed=passed, fraction=round(fraction, 6))
 
-    def _run(self, fn, seed: int) -> Result:
-        if fn is None or not callable(fn):
-            return Result(self.name, INCORRECT, f"check() needs your function itself, e.g. "
-                          f"check({self.name}); it was given {_kind(fn)}", stage="runs", seed=seed, points=self.points)
+    def _run(self, call: Callable, seed: int, shortcuts: Callable) -> Result:
         cases = self.make_cases(Dice(seed))
         n = len(cases)
+        # case index -> (stage, problem) of the first step it fails; the report is the earliest
+        # step any case fails (on the first such case); each passing case earns its share
+        failed: dict[int, tuple[str, str]] = {}
 
         # 1. runs at all (and the stub reads as "not attempted")
-        outputs, changed_inputs = [], None
+        outputs: dict[int, Any] = {}
+        first_error = None
         for i, case in enumerate(cases):
-            args, kwargs = _clone(case.args), _clone(case.kwargs)
             try:
-                outputs.append(call_learner(fn, args, kwargs))
-                if changed_inputs is None and not (_same(args, case.args) and _same(kwargs, case.kwargs)):
-                    changed_inputs = case
-            except LearnerFailed as failed:
-                if i == 0 and isinstance(failed.error, NotImplementedError):
+                outputs[i], changed = call(case.args, case.kwargs)
+                if changed:
+                    failed[i] = ("properties", f"on {case.label}, your function changed its input tensors in place; "
+                                 f"compute new tensors instead (e.g. x = x - m, not x -= m)")
+            except LearnerFailed as error:
+                if i == 0 and isinstance(error.error, NotImplementedError):
                     return Result(self.name, NOT_ATTEMPTED, f"not attempted yet: {self.name} still raises "
                                   f"NotImplementedError. Write its body, then run this check again.",
                                   cases=n, seed=seed, points=self.points)
-                hint, misconception = self._diagnose_error(cases, outputs, failed.error)
-                return self._fail("runs", f"on {case.label} it raised {failed.summary}", seed, n,
-                                  hint=hint or self._error_hint(failed.summary), misconception=misconception)
+                failed[i] = ("runs", f"on {case.label} it raised {error.summary}")
+                if first_error is None:
+                    first_error = (i, error)
+        used = shortcuts()
+        if used:
+            from .policy import shortcut_message
+            return Result(self.name, INCORRECT, shortcut_message(used), stage="runs", cases=n, seed=seed,
+                          points=self.points, shortcuts=list(used), misconception="used_reference")
 
-        # 2. output shape, 3. dtype
-        for stage, problem_of in (("shape", _shape_problem), ("dtype", _dtype_problem)):
-            for case, got in zip(cases, outputs):
+        # 2. output shape, 3. dtype, 4. properties, 5. values (against the core), case by case
+        def call_again(*a, **k):
+            return call(a, k)[0]
+
+        for i, case in enumerate(cases):
+            if i in failed:
+                continue
+            got = outputs[i]
+            for stage, problem_of in (("shape", _shape_problem), ("dtype", _dtype_problem)):
                 problem = problem_of(got, case.expected)
                 if problem:
-                    return self._fail(stage, f"on {case.label}, {problem}", seed, n,
-                                      *self._diagnose(case, got, cases, outputs))
+                    failed[i] = (stage, f"on {case.label}, {problem}")
+                    break
+            else:
+                for prop in self.properties:
+                    try:
+                        problem = prop.test(case, got, call_again)
+                    except LearnerFailed as error:
+                        problem = f"re-running it for this property raised {error.summary}"
+                    except Exception as error:       # noqa: BLE001 - an output the property cannot even read
+                        problem = f"its output could not be checked for '{prop.name}' ({_summary(error)})"
+                    if problem:
+                        failed[i] = ("properties", f"on {case.label}, {problem}")
+                        break
+                else:
+                    problem = _value_problem(got, case.expected)
+                    if problem:
+                        failed[i] = ("values", f"on {case.label}, {problem}")
 
-        # 4. properties: inputs left alone first, then the question's own
-        if changed_inputs is not None:
-            return self._fail("properties", f"on {changed_inputs.label}, your function changed its input tensors "
-                              f"in place; compute new tensors instead (e.g. x = x - m, not x -= m)", seed, n)
-        for prop in self.properties:
-            for case, got in zip(cases, outputs):
-                try:
-                    problem = prop.test(case, got, lambda *a, **k: call_learner(fn, _clone(a), _clone(k)))
-                except LearnerFailed as failed:
-                    problem = f"re-running it for this property raised {failed.summary}"
-                except Exception as error:           # noqa: BLE001 - an output the property cannot even read
-                    problem = f"its output could not be checked for '{prop.name}' ({_summary(error)})"
-                if problem:
-                    return self._fail("properties", f"on {case.label}, {problem}", seed, n,
-                                      *self._diagnose(case, got, cases, outputs))
-
-        # 5. values, against the core
-        for case, got in zip(cases, outputs):
-            problem = _value_problem(got, case.expected)
-            if problem:
-                return self._fail("values", f"on {case.label}, {problem}", seed, n,
-                                  *self._diagnose(case, got, cases, outputs))
+        total = sum(c.points for c in cases) or 1.0
+        passed = [i for i in range(n) if i not in failed]
+        fraction = sum(cases[i].points for i in passed) / total
+        if failed:
+            i = min(failed, key=lambda j: (STAGES.index(failed[j][0]), j))
+            stage, message = failed[i]
+            if stage == "runs":                      # the first case that raised: every earlier one ran
+                error = first_error[1]
+                hint, misconception = self._diagnose_error(cases, [outputs[j] for j in range(i)], error.error)
+                hint = hint or self._error_hint(error.summary)
+            else:
+                ran = sorted(outputs)
+                hint, misconception = self._diagnose(cases[i], outputs[i], [cases[j] for j in ran],
+                                                     [outputs[j] for j in ran])
+            return self._fail(stage, message, seed, n, hint, misconception, passed=len(passed), fraction=fraction)
 
         return Result(self.name, CORRECT, f"correct: all {n} hidden cases pass every step "
-                      f"({', '.join(STAGE_TITLES[s] for s in STAGES)}).", cases=n, seed=seed, points=self.points)
+                      f"({', '.join(STAGE_TITLES[s] for s in STAGES)}).", cases=n, seed=seed, points=self.points,
+                      passed=n, fraction=1.0)
 
     def _diagnose(self, case: Case, got, cases: list[Case], outputs: list) -> tuple[str | None, str | None]:
         """(hint, id) of the catalogued wrong answer the learner's function behaves like: first one

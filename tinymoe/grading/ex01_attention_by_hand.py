@@ -70,6 +70,8 @@ def _masked_get_zero(case, got, call):
 
 SAFE_SOFTMAX = Question(
     "safe_softmax", "softmax over the last axis that never overflows", softmax_cases,
+    forbidden=("torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax", ".softmax",
+               "torch.nn.Softmax", "torch.log_softmax", "torch.nn.functional.log_softmax", ".log_softmax"),
     section=f"{NOTEBOOK}, section: The safe softmax: subtract the row's maximum first",
     properties=[
         Property("finite", _finite("a safe softmax stays finite for any finite scores: subtract each row's max first")),
@@ -118,6 +120,10 @@ def attention_cases(d):
     add("a causal sequence with d_k 64", d.randn(5, 64), d.randn(5, 64), d.randn(5, 3), True)
     add("a causal sequence with scores in the hundreds (float32 exp overflows past 88)",
         d.randn(4, 8, scale=200.0), d.randn(4, 8), d.randn(4, 3), True)
+    # Every visible score near -400: a finite mask value (-100, -1e2) would then outweigh them all,
+    # whatever the seed, so "masked_fill(..., -100)" never passes by luck.
+    add("a causal sequence whose every score is far below -100",
+        -d.randn(5, 16, scale=0.2, shift=10.0), d.randn(5, 16, scale=0.2, shift=10.0), d.randn(5, 3), True)
     return cases
 
 
@@ -184,6 +190,13 @@ def _mask_after_softmax(q, k, v, causal=True):
     return weights @ v
 
 
+def _finite_mask(q, k, v, causal=True):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        scores = scores.masked_fill(~torch.ones(scores.shape[-2:], dtype=torch.bool).tril(), -100.0)
+    return core_softmax(scores, dim=-1) @ v
+
+
 def _transposed_scores(q, k, v, causal=True):
     scores = k @ q.transpose(-2, -1) / math.sqrt(q.shape[-1])          # (T_k, T_q): the transpose
     keep = torch.ones(scores.shape[-2:], dtype=torch.bool).tril() if causal else None
@@ -192,6 +205,8 @@ def _transposed_scores(q, k, v, causal=True):
 
 ATTENTION = Question(
     "attention", "causal scaled dot-product attention", attention_cases,
+    forbidden=("torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
+               "torch.nn.functional.multi_head_attention_forward"),
     section=f"{NOTEBOOK}, sections: Scores: every query against every key; The causal mask: no peeking ahead",
     properties=[
         Property("finite", _finite("attention of finite inputs is finite; use your safe softmax")),
@@ -238,6 +253,10 @@ ATTENTION = Question(
                       "mask the scores (-inf) before the softmax, not the weights after it: zeroing weights "
                       "afterwards leaves rows that no longer sum to 1",
                       _mask_after_softmax),
+        Misconception("finite_mask_value",
+                      "hide future keys with -inf (float('-inf')), not a finite number like -100: when every "
+                      "visible score is lower still, the 'hidden' keys win the softmax",
+                      _finite_mask),
         Misconception("transposed_k",
                       "your scores come out transposed (k q^T): row i must hold query i's dot product with every "
                       "key, scores = q @ k.transpose(-2, -1), shape (T_q, T_k)",

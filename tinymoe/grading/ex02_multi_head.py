@@ -58,6 +58,8 @@ def combine_cases(d):
 
 COMBINE_HEADS = Question(
     "combine_heads", "concatenate per-head outputs, then project with W_o", combine_cases,
+    forbidden=("torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
+               "torch.nn.functional.multi_head_attention_forward"),
     section=f"{NOTEBOOK}, sections: Concatenate the heads, then project back; Heads of unequal value size",
     properties=[Property("finite", _finite)],
     misconceptions=[
@@ -137,6 +139,8 @@ def _causal_in_x(case, got, call):
 
 MULTI_HEAD_ATTENTION = Question(
     "multi_head_attention", "causal multi-head attention from W_q, W_k, W_v, W_o", mha_cases,
+    forbidden=("torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
+               "torch.nn.functional.multi_head_attention_forward"),
     section=f"{NOTEBOOK}, section: Three heads, every number",
     properties=[Property("finite", _finite), Property("causal", _causal_in_x)],
     misconceptions=[

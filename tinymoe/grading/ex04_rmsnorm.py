@@ -47,6 +47,10 @@ def rmsnorm_cases(d):
     add("a token whose vector is all zeros", zero_row, moderate=False)
     add("d_model 1", d.randn(4, 1, shift=1.0), moderate=False)
     add("float64 tokens with eps 1e-6", d.randn(2, 4, 6), eps=1e-6, dtype=torch.float64)
+    # Past float32's largest number (3.4e38): computing in float32 and casting back overflows here
+    # whatever the seed, so it never passes by luck on the case above.
+    add("float64 tokens beyond float32's range (about 1e39)", d.randn(3, 6, scale=1e39, dtype=torch.float64),
+        dtype=torch.float64)
     return cases
 
 
@@ -74,8 +78,11 @@ def _scale_invariant(case, got, call):
         return "multiplying a token by 7 changed its output; dividing by the root-mean-square cancels any scale"
 
 
-def _wrong(subtract_mean=False, variance=False, eps_inside=True, dim=-1, mean=True, use_weight=True):
+def _wrong(subtract_mean=False, variance=False, eps_inside=True, dim=-1, mean=True, use_weight=True,
+           float32=False):
     def wrong(x, weight, eps=1e-5):
+        if float32:
+            return _wrong()(x.float(), weight.float(), eps).to(x.dtype)
         if subtract_mean:
             return _core_norm(LayerNorm, weight, eps)(x).detach()
         square = x.var(dim=dim, keepdim=True, unbiased=False) if variance else x.pow(2)
@@ -87,6 +94,8 @@ def _wrong(subtract_mean=False, variance=False, eps_inside=True, dim=-1, mean=Tr
 
 RMS_NORM = Question(
     "rms_norm", "RMSNorm over the last axis, with a learned weight", rmsnorm_cases,
+    forbidden=("torch.nn.functional.rms_norm", "torch.rms_norm", "torch.nn.RMSNorm",
+               "torch.nn.functional.layer_norm", "torch.nn.LayerNorm"),
     section=f"{NOTEBOOK}, section: RMSNorm: no mean, no bias",
     properties=[Property("finite", _finite), Property("unit root-mean-square", _unit_rms),
                 Property("scale invariant", _scale_invariant)],
@@ -109,6 +118,10 @@ RMS_NORM = Question(
         Misconception("sum_not_mean",
                       "root-MEAN-square: average the squares over d_model (mean), do not add them up (sum)",
                       _wrong(mean=False)),
+        Misconception("computed_in_float32",
+                      "compute in the input's own dtype: casting float64 tokens to float32 and back loses digits, "
+                      "and past 3.4e38 their squares overflow to inf",
+                      _wrong(float32=True)),
         Misconception("weight_forgotten",
                       "finish by multiplying with the learned weight (gamma), one scale per feature",
                       _wrong(use_weight=False)),

@@ -88,6 +88,8 @@ def gqa_cases(d):
 
 GROUPED_QUERY_ATTENTION = Question(
     "grouped_query_attention", "causal grouped-query attention from W_q, W_k, W_v, W_o", gqa_cases,
+    forbidden=("torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
+               "torch.nn.functional.multi_head_attention_forward"),
     section=f"{NOTEBOOK}, section: Grouped-query attention: two query heads per key/value head",
     properties=[Property("finite", _finite), Property("causal", _causal_in_x)],
     misconceptions=[

@@ -23,6 +23,8 @@ from torch.nn import functional as F
 
 from ..moe import capacity, dispatch_loop, expert_mlp, select_top_k
 from .checks import Case, Exercise, Misconception, Property, Question
+from .policy import allow_code
+from .wire import provided
 
 NOTEBOOK = "notebooks/06_moe_gating.ipynb"
 
@@ -143,8 +145,11 @@ EXPERT_CAPACITY = Question(
 
 
 # ---- switch_moe --------------------------------------------------------------------------------
+@allow_code
+@provided("mlp_expert")
 class _Expert:
-    """One expert the learner's function may call: (M, d_model) -> (M, d_model)."""
+    """One expert the learner's function may call: (M, d_model) -> (M, d_model). A case hands it
+    over, so calling it is no shortcut; it crosses into a sandbox as its weights (wire.py)."""
 
     def __init__(self, index, w_gate, w_up, w_down):
         self.index, self.weights = index, (w_gate, w_up, w_down)
@@ -154,6 +159,13 @@ class _Expert:
 
     def __repr__(self):
         return f"<expert {self.index}: (tokens, d_model) -> (tokens, d_model)>"
+
+    def to_wire(self):
+        return (self.index, *self.weights)
+
+    @classmethod
+    def from_wire(cls, data):
+        return cls(*data)
 
 
 def _core_switch(x, logits, weights, capacity_factor):

@@ -100,6 +100,8 @@ def _attention_with(mask_fn, scale=True):
 
 CHUNKED_ATTENTION = Question(
     "chunked_attention", "scaled dot-product attention under the chunked mask", attention_cases,
+    forbidden=("torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
+               "torch.nn.functional.multi_head_attention_forward"),
     section=f"{NOTEBOOK}, section: {SECTION}",
     properties=[Property("finite", _finite)],
     misconceptions=[Misconception("chunk_is_a_sliding_window", WINDOW_HINT, _attention_with(_mask_sliding_window)),

@@ -97,6 +97,9 @@ def reference_decode(x, W_q, W_k, W_v, W_o, k_cache, v_cache, cos, sin, position
 
 DECODE_STEP = Question(
     "decode_step", "one decoded token: append its key and value, attend over the whole cache", decode_cases,
+    forbidden=("torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
+               "torch.nn.functional.multi_head_attention_forward"),
+    allowed=("tinymoe.rope.apply_rope",),                       # RoPE itself is exercise 03's; it is handed out here
     section=f"{NOTEBOOK}, section: {SECTION}",
     properties=[Property("finite", _finite), Property("earlier cache entries unchanged", _old_cache_kept)],
     misconceptions=[

@@ -41,6 +41,9 @@ class Result:
     cases: int = 0                    # hidden cases run
     seed: int | None = None           # the hidden cases' seed (kept for the instructor, not shown)
     points: float = 1.0
+    passed: int = 0                   # cases that pass every step
+    fraction: float = 0.0             # their share of the cases' weights: the partial credit
+    shortcuts: list | None = None     # forbidden names it used (then it scores 0)
 
     @property
     def correct(self) -> bool:
@@ -48,7 +51,11 @@ class Result:
 
     @property
     def score(self) -> float:
-        return self.points if self.correct else 0.0
+        if self.correct:
+            return self.points
+        if self.status != INCORRECT or self.shortcuts:
+            return 0.0
+        return round(self.points * max(0.0, min(1.0, float(self.fraction))), 2)
 
     @property
     def text(self) -> str:

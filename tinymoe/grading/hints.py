@@ -8,8 +8,9 @@ markers). `solution()` shows one only when the environment variable TINYMOE_SOLU
     TINYMOE_SOLUTIONS=1                  the repository's exercises/source folder
     TINYMOE_SOLUTIONS=/path/to/source    a folder of source notebooks kept elsewhere
 
-The released notebooks never set it and the grader clears it for the kernels it starts. Release
-the student notebooks without the source folder and solutions stay with the instructor.
+The released notebooks never set it. In a graded run it does not matter what a notebook sets: its
+sandbox (sandbox.py) does not contain the source folder at all. Release the student notebooks
+without the source folder and solutions stay with the instructor.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ Interactive (plotly, ipywidgets):
     heatmap(tensor)                     a plotly heatmap (FigureWidget with widget=True); block-averaged
                                         past (160, 360) values so a stored notebook stays small
     Explorer, View                      the toolkit: controls -> config -> core -> in-place redraw
-    AttentionExplorer, RopeExplorer, GQAExplorer, NormExplorer, NSAExplorer, MoEExplorer, Llama4Explorer
+    AttentionExplorer, RopeExplorer, GQAExplorer, NormExplorer, NSAExplorer, MoEExplorer, Llama4Explorer, MoDExplorer
 """
 from .explorer import Explorer, View, checkbox, control_values, dropdown, log_slider, slider
 from .explorers import AttentionExplorer, GQAExplorer, RopeExplorer
@@ -25,6 +25,7 @@ from .heatmap import heatmap, heatmap_array, update_heatmap
 from .html import Html, column, row
 from .matmul import MatmulSheet, matmul_sheet
 from .llama4_explorer import Llama4Explorer
+from .mod_explorer import MoDExplorer
 from .moe_explorer import MoEExplorer
 from .norm_explorer import NormExplorer
 from .nsa_explorer import NSAExplorer
@@ -36,4 +37,4 @@ from .walk import walk
 __all__ = ["sheet", "show", "Sheet", "matmul_sheet", "MatmulSheet", "walk", "shapes_table", "ShapesTable",
            "ShapeRow", "legend", "heatmap", "heatmap_array", "update_heatmap", "Explorer", "View", "slider",
            "log_slider", "dropdown", "checkbox", "control_values", "AttentionExplorer", "RopeExplorer",
-           "GQAExplorer", "NormExplorer", "Llama4Explorer", "NSAExplorer", "MoEExplorer", "traced_forward", "Run", "Html", "row", "column"]
+           "GQAExplorer", "NormExplorer", "Llama4Explorer", "MoDExplorer", "NSAExplorer", "MoEExplorer", "traced_forward", "Run", "Html", "row", "column"]
