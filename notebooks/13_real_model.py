@@ -145,7 +145,7 @@ assert tok.decode(answer).startswith("The capital of France is Paris")
 
 # %%
 g = torch.Generator().manual_seed(0)
-sampled = model.generate(torch.tensor([tok.chat_ids("Write one sentence about the sea.")]), max_new_tokens=30,
+sampled = model.generate(torch.tensor([tok.chat_ids("Write one sentence about the sea.")]), max_new_tokens=16,
                          temperature=0.7, top_k=40, generator=g)
 print(tok.decode(sampled[0], skip_special_tokens=True).split("assistant\n")[-1])
 
@@ -285,7 +285,7 @@ clustered = [mf.coactivation_groups(h, n_experts) for h in hidden]
 contiguous = [mf.contiguous_groups(config.ff_dim, n_experts) for _ in hidden]
 
 # %%
-ks = [1, 2, 4, 8, 16]
+ks = [4, 8, 12, 16]
 results = {}
 for grouping, groups in (("contiguous", contiguous), ("co-activation", clustered)):
     for e, g in zip(experts, groups):
@@ -312,7 +312,7 @@ for p in model.parameters():
 for e in experts:
     e.router.weight.requires_grad_(True)
 route(4, "learned")
-history = train(model, data, TrainConfig(steps=15, batch_size=2, seq_len=64, lr=3e-2, warmup_steps=2,
+history = train(model, data, TrainConfig(steps=12, batch_size=2, seq_len=48, lr=5e-2, warmup_steps=2,
                                          eval_every=0, eval_batches=1, progress=False))
 print(f"router loss: {history['router_bce'][0]:.3f} -> {history['router_bce'][-1]:.3f}")
 model.eval()
@@ -330,6 +330,20 @@ fig.add_hline(y=dense_ppl, line_dash="dot", annotation_text="dense")
 fig.update_layout(width=720, height=380, xaxis_title="experts per token (k of 16)", yaxis_title="held-out perplexity",
                   yaxis_type="log", plot_bgcolor="white", margin=dict(l=60, r=10, t=30, b=50))
 fig
+
+# %% [markdown]
+# Read the plot from the right: with all 16 experts every curve meets the dense model. Dropping
+# experts costs perplexity fast, because SwiGLU neurons are not sparse the way ReLU neurons are
+# (MoEfication's original models used ReLU; LLaMA-MoE continues pre-training after the split).
+# Clustering by co-activation costs less than contiguous groups at every `k`, and the learned
+# router, trained for a few seconds, falls short of its oracle: both are what a real conversion
+# has to work on.
+
+# %%
+for i, k in enumerate(ks[:-1]):
+    assert results["oracle, co-activation"][i] < results["oracle, contiguous"][i], f"k={k}: clustering should help"
+    assert results["oracle, co-activation"][i] > dense_ppl, f"k={k}: dropping experts should cost perplexity"
+print("checked: co-activation < contiguous at every k < 16, and every k < 16 costs perplexity")
 
 # %% [markdown]
 # ## What to take away

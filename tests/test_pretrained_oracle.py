@@ -119,3 +119,15 @@ def test_careless_calls_name_the_argument(tokenizer):
         tokenizer.apply_chat_template("hello")
     with pytest.raises(FileNotFoundError, match="path"):
         read_gguf("/no/such/file.gguf")
+
+
+def test_moefied_real_model_with_every_expert_equals_the_dense_model(ours, gguf_file, tokenizer):
+    from tinymoe.moefication import moefy
+    model = load_gguf_model(gguf_file, max_seq_len=64)            # a second copy (tensors cached)
+    moefy(model, n_experts=16)
+    ids = torch.tensor([tokenizer.encode(PROMPTS[0])])
+    with torch.no_grad():
+        a, b = model(ids).logits, ours(ids).logits
+    torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL,
+                               msg=lambda m: f"SmolLM2 with its MLPs split into 16 experts, all active, "
+                                             f"should equal the dense model\n{m}")

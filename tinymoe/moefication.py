@@ -86,7 +86,7 @@ class MoEfiedSwiGLU(nn.Module):
 
     router "all" (every expert: equals the dense MLP), "oracle" or "learned". forward returns
     (out, aux_losses) like the MoE layer; aux_losses holds the learned router's "router_bce"
-    (its fit to the oracle's choice) while training."""
+    (its fit to the oracle's choice) while a learned router trains, and is empty otherwise."""
 
     def __init__(self, ffn: SwiGLU, groups: torch.Tensor, top_k: int | None = None,
                  router: str = "all", name: str = "ffn"):
@@ -169,7 +169,7 @@ class MoEfiedSwiGLU(nn.Module):
         record(trace, "chosen", chosen)
         record(trace, "out", out, "output")
         aux = {}
-        if self.training and self.router.weight.requires_grad:
+        if self.training and self.router_kind == "learned" and self.router.weight.requires_grad:
             aux["router_bce"] = F.binary_cross_entropy_with_logits(logits.float(), oracle.float())
         return out, aux
 
