@@ -88,8 +88,8 @@ class MultiHeadAttention(nn.Module):
         elif self.config.attn_temperature_tuning:                   # Llama 4's NoPE layers
             pos = torch.arange(T, device=x.device) if positions is None else positions
             scale = attention_temperature(pos, self.config.attn_scale, self.config.floor_scale)  # (T,) or (B, T)
-            scale = scale[..., None, :, None] if scale.dim() == 2 else scale[:, None]   # broadcast over heads, dims
-            q = (q * scale.to(q.dtype)).to(q.dtype)                 # (B, n_heads, T, head_dim)
+            per_row = scale[:, None, :, None] if scale.dim() == 2 else scale[:, None]    # over heads and dims
+            q = (q * per_row.to(q.dtype)).to(q.dtype)               # (B, n_heads, T, head_dim)
             record(trace, "q_temperature", scale)
         if cache is not None:
             if positions is None:
