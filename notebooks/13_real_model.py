@@ -312,7 +312,7 @@ for p in model.parameters():
 for e in experts:
     e.router.weight.requires_grad_(True)
 route(4, "learned")
-history = train(model, data, TrainConfig(steps=12, batch_size=2, seq_len=48, lr=5e-2, warmup_steps=2,
+history = train(model, data, TrainConfig(steps=8, batch_size=2, seq_len=32, lr=5e-2, warmup_steps=1,
                                          eval_every=0, eval_batches=1, progress=False))
 print(f"router loss: {history['router_bce'][0]:.3f} -> {history['router_bce'][-1]:.3f}")
 model.eval()

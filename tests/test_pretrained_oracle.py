@@ -131,3 +131,15 @@ def test_moefied_real_model_with_every_expert_equals_the_dense_model(ours, gguf_
     torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL,
                                msg=lambda m: f"SmolLM2 with its MLPs split into 16 experts, all active, "
                                              f"should equal the dense model\n{m}")
+
+
+def test_benchmark_runs_and_both_libraries_generate_the_same_tokens(ours, reference, tokenizer):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pretrained.py"
+    spec = importlib.util.spec_from_file_location("bench_pretrained", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.run(quick=True, repeats=1, models=(ours, reference, tokenizer))
+    assert r["same_tokens"], "TinyLM and transformers generated different greedy tokens in the benchmark"
+    assert r["prefill_ratio"] > 0 and r["generate_ratio"] > 0, r
