@@ -12,6 +12,7 @@ The Triton kernel with the same signature is tinymoe.kernels.flash_attention.
 from .masks import FULL, PARTIAL, SKIP, MaskRule, tile_map
 from .online_softmax import SoftmaxState, empty_state, finish, merge, update
 from .reference import FlashAttention, check_flash_input, flash_attention
+from .traffic import attention_bytes
 
 __all__ = ["MaskRule", "tile_map", "SKIP", "PARTIAL", "FULL", "SoftmaxState", "empty_state", "update", "merge",
-           "finish", "flash_attention", "FlashAttention", "check_flash_input"]
+           "finish", "flash_attention", "FlashAttention", "check_flash_input", "attention_bytes"]
