@@ -52,11 +52,12 @@ class MaskRule:
 
     @property
     def kind(self) -> str:
-        """A short name: dense, causal, window, chunked (or a combination)."""
-        parts = (["causal"] if self.causal and self.window is None and self.chunk_size is None else []) \
-            + ([f"window {self.window}"] if self.window is not None else []) \
-            + ([f"chunks of {self.chunk_size}"] if self.chunk_size is not None else [])
-        return " + ".join(parts) or "dense"
+        """A short name: dense, causal, window w (causal by definition), causal chunks of c, chunks of c."""
+        if self.window is not None:
+            return f"window {self.window}" + (f", causal chunks of {self.chunk_size}" if self.chunk_size else "")
+        if self.chunk_size is not None:
+            return f"{'causal ' if self.causal else ''}chunks of {self.chunk_size}"
+        return "causal" if self.causal else "dense"
 
     def allowed(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
         """Broadcast query positions against key positions: True where the query may see the key."""

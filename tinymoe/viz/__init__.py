@@ -16,10 +16,12 @@ Interactive (plotly, ipywidgets):
     heatmap(tensor)                     a plotly heatmap (FigureWidget with widget=True); block-averaged
                                         past (160, 360) values so a stored notebook stays small
     Explorer, View                      the toolkit: controls -> config -> core -> in-place redraw
-    AttentionExplorer, RopeExplorer, GQAExplorer, NormExplorer, NSAExplorer, MoEExplorer, Llama4Explorer, MoDExplorer
+    AttentionExplorer, RopeExplorer, GQAExplorer, NormExplorer, NSAExplorer, MoEExplorer, Llama4Explorer, MoDExplorer,
+    FlashExplorer
 """
 from .explorer import Explorer, View, checkbox, control_values, dropdown, log_slider, slider
 from .explorers import AttentionExplorer, GQAExplorer, RopeExplorer
+from .flash_explorer import FlashExplorer
 from .forward import Run, traced_forward
 from .heatmap import heatmap, heatmap_array, update_heatmap
 from .html import Html, column, row
@@ -37,4 +39,5 @@ from .walk import walk
 __all__ = ["sheet", "show", "Sheet", "matmul_sheet", "MatmulSheet", "walk", "shapes_table", "ShapesTable",
            "ShapeRow", "legend", "heatmap", "heatmap_array", "update_heatmap", "Explorer", "View", "slider",
            "log_slider", "dropdown", "checkbox", "control_values", "AttentionExplorer", "RopeExplorer",
-           "GQAExplorer", "NormExplorer", "Llama4Explorer", "MoDExplorer", "NSAExplorer", "MoEExplorer", "traced_forward", "Run", "Html", "row", "column"]
+           "GQAExplorer", "NormExplorer", "Llama4Explorer", "MoDExplorer", "NSAExplorer", "MoEExplorer", "FlashExplorer",
+           "traced_forward", "Run", "Html", "row", "column"]
