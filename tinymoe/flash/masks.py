@@ -59,17 +59,28 @@ class MaskRule:
             return f"{'causal ' if self.causal else ''}chunks of {self.chunk_size}"
         return "causal" if self.causal else "dense"
 
+    def key_range(self, query_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first, last): under every rule here a query sees one contiguous run of keys,
+        first <= j <= last (empty when first > last). The single home of the rule:
+            causal  last  = p
+            window  first = p - window + 1
+            chunk   first = start of p's chunk, last = end of p's chunk"""
+        first = torch.zeros_like(query_pos)
+        last = torch.full_like(query_pos, torch.iinfo(query_pos.dtype).max)
+        if self.causal:
+            last = torch.minimum(last, query_pos)
+        if self.window is not None:
+            first = torch.maximum(first, query_pos - self.window + 1)
+        if self.chunk_size is not None:
+            chunk_start = torch.div(query_pos, self.chunk_size, rounding_mode="floor") * self.chunk_size
+            first = torch.maximum(first, chunk_start)
+            last = torch.minimum(last, chunk_start + self.chunk_size - 1)
+        return first, last
+
     def allowed(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
         """Broadcast query positions against key positions: True where the query may see the key."""
-        ok = torch.ones(torch.broadcast_shapes(query_pos.shape, key_pos.shape), dtype=torch.bool,
-                        device=query_pos.device)
-        if self.causal:
-            ok = ok & (key_pos <= query_pos)
-        if self.window is not None:
-            ok = ok & (key_pos > query_pos - self.window)
-        if self.chunk_size is not None:
-            ok = ok & (key_pos // self.chunk_size == query_pos // self.chunk_size)
-        return ok
+        first, last = self.key_range(query_pos)
+        return (key_pos >= first) & (key_pos <= last)
 
     def dense(self, t_q: int, t_k: int, device=None) -> torch.Tensor:
         """(T_q, T_k) bool, True = may attend; queries at positions T_k - T_q .. T_k - 1."""
@@ -87,16 +98,28 @@ class MaskRule:
 
 def tile_map(rule: MaskRule, t_q: int, t_k: int, block_q: int, block_k: int) -> torch.Tensor:
     """(n_q_tiles, n_k_tiles) int: SKIP (0) where no pair of the tile is allowed, FULL (2) where
-    every pair is, PARTIAL (1) otherwise. The last tiles may be short (T not a multiple of the block)."""
+    every pair is, PARTIAL (1) otherwise. The last tiles may be short (T not a multiple of the block).
+
+    Works from each query's run of keys (key_range), never making the (T_q, T_k) mask: a tile is
+    FULL when every query's run covers the tile's keys, and computed when the union of its
+    queries' runs meets them. Under these rules consecutive queries' runs overlap or touch (the
+    window and the chunk move one key at a time), so that union is the one run
+    [smallest first, largest last]; tests/test_flash_reference.py checks it pair by pair."""
     if block_q <= 0 or block_k <= 0:
         raise ValueError(f"block_q={block_q}, block_k={block_k}: tile sizes must be positive")
     n_q, n_k = -(-t_q // block_q), -(-t_k // block_k)
-    allowed = torch.zeros(n_q * block_q, n_k * block_k, dtype=torch.bool)
-    valid = torch.zeros_like(allowed)
-    allowed[:t_q, :t_k] = rule.dense(t_q, t_k)
-    valid[:t_q, :t_k] = True
-    allowed = allowed.view(n_q, block_q, n_k, block_k)        # (n_q_tiles, block_q, n_k_tiles, block_k)
-    valid = valid.view(n_q, block_q, n_k, block_k)
-    some = allowed.any(dim=3).any(dim=1)                       # (n_q_tiles, n_k_tiles)
-    every = (allowed | ~valid).all(dim=3).all(dim=1)           # padding cells do not count against "every"
+    query_pos = torch.arange(n_q * block_q) + (t_k - t_q)                     # padding rows past T_q too
+    first, last = rule.key_range(query_pos)
+    last = torch.clamp(last, max=t_k - 1)
+    real = torch.arange(n_q * block_q) < t_q
+    first, last, real = (x.view(n_q, block_q) for x in (first, last, real))  # (n_q_tiles, block_q)
+    sees = real & (first <= last)                                            # a query with at least one key
+    tile_first = torch.arange(n_k)[None, :] * block_k                        # (1, n_k_tiles)
+    tile_last = torch.clamp(tile_first + block_k, max=t_k) - 1
+    union_first = torch.where(sees, first, t_k).amin(dim=1, keepdim=True)    # (n_q_tiles, 1)
+    union_last = torch.where(sees, last, -1).amax(dim=1, keepdim=True)
+    some = (union_first <= tile_last) & (union_last >= tile_first)           # (n_q_tiles, n_k_tiles)
+    latest_first = torch.where(real, first, -1).amax(dim=1, keepdim=True)
+    earliest_last = torch.where(real, last, t_k).amin(dim=1, keepdim=True)
+    every = (latest_first <= tile_first) & (earliest_last >= tile_last)
     return torch.where(some & every, FULL, torch.where(some, PARTIAL, SKIP))

@@ -21,6 +21,8 @@ tiles: causal attention reads about half the key tiles, a window or chunk a band
 """
 from __future__ import annotations
 
+import torch
+
 from .masks import SKIP, MaskRule, tile_map
 
 __all__ = ["attention_bytes"]
@@ -30,9 +32,10 @@ def attention_bytes(t_q: int, t_k: int, head_dim: int, block_q: int, block_k: in
                     rule: MaskRule = MaskRule(), bytes_per_value: int = 2) -> dict:
     """The counts above for one (batch, head): naive and tiled bytes, and the tiles computed/skipped."""
     tiles = tile_map(rule, t_q, t_k, block_q, block_k)                    # (n_q_tiles, n_k_tiles)
-    keys_per_tile = [min(block_k, t_k - j * block_k) for j in range(tiles.shape[1])]
+    tile_first = torch.arange(tiles.shape[1]) * block_k
+    keys_per_tile = torch.clamp(t_k - tile_first, max=block_k)              # (n_k_tiles,): the last may be short
     computed = tiles != SKIP
-    key_reads = sum(int(computed[:, j].sum()) * keys_per_tile[j] for j in range(tiles.shape[1]))
+    key_reads = int((computed.sum(dim=0) * keys_per_tile).sum())            # keys loaded, over all query tiles
     naive = (t_q * head_dim + t_k * head_dim + t_q * t_k            # S = Q K^T
              + 2 * t_q * t_k                                          # P = softmax(S)
              + t_q * t_k + t_k * head_dim + t_q * head_dim)           # O = P V
