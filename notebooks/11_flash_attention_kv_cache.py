@@ -266,7 +266,9 @@ rules = {"dense": MaskRule(), "causal": MaskRule(causal=True), "window 3": MaskR
          "chunks of 4": MaskRule(causal=True, chunk_size=4)}
 for name, rule in rules.items():
     print(f"{name:<12} tile map {tile_map(rule, T, T, block, block).tolist()}")
-viz.row(*(viz.sheet(pair_picture(rule, T, block), name, decimals=2, note="rows: queries, columns: keys")
+keys = [f"k{j}" for j in range(T)]
+viz.row(*(viz.sheet(pair_picture(rule, T, block), name, decimals=2, col_labels=keys,
+                    row_labels=[f"q{i}" for i in range(T)], note="rows: queries, columns: keys")
           for name, rule in list(rules.items())[1:]))
 
 # %% [markdown]
@@ -285,10 +287,11 @@ torch.testing.assert_close(bottom_right, F.scaled_dot_product_attention(q3, k4.d
                                                                         attn_mask=causal_lower_right(3, 10)))
 top_left = F.scaled_dot_product_attention(q3, k4.detach(), v4.detach(), is_causal=True)
 print(f"bottom-right == causal_lower_right; top-left differs by up to {(top_left - bottom_right).abs().max():.2f}")
+labels = dict(col_labels=keys, note="rows: the 3 queries, columns: the 10 keys")
 viz.row(viz.sheet(MaskRule(causal=True).dense(3, 10).float(), "bottom-right (ours)", decimals=0,
-                  note="rows: 3 queries, columns: 10 keys"),
+                  row_labels=["q at 7", "q at 8", "q at 9"], **labels),
         viz.sheet(torch.ones(3, 10).tril().float(), "top-left (SDPA is_causal)", decimals=0,
-                  note="rows: 3 queries, columns: 10 keys"))
+                  row_labels=["q at 0", "q at 1", "q at 2"], **labels))
 
 # %% [markdown]
 # ## The Triton kernel on the same inputs
