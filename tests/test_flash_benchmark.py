@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_flash_benchmark_runs_quick_and_reports_every_size():
+def test_flash_benchmark_runs_quick_and_its_paths_agree():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_flash.py"), "--quick"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, f"bench_flash.py --quick failed:\n{done.stdout}\n{done.stderr}"

@@ -64,3 +64,11 @@ def test_every_control_value_gives_a_picture(explorer):
     for name, value in explorer.grid():
         explorer.set(**{name: value})
         assert explorer.error is None, f"{name}={value}: {explorer.error}"
+
+
+def test_static_snapshot_shows_the_settings_the_tile_map_and_the_bytes():
+    e = FlashExplorer(seq_len=12, block=4, mask="chunked", chunk_size=4, max_seq_len=16, curve_max_len=32)
+    html = e.snapshot_html()
+    assert "<code>mask = chunked</code>" in html and 'alt="heatmap"' in html, "settings or heatmap picture missing"
+    assert "tile map" in html and "bytes moved, tiled" in html
+    assert f"{e.counts['tiled_bytes']:,}" in html

@@ -26,6 +26,7 @@ CASES = {
     "chunked, chunks of 8": (2, 2, 37, 37, True, None, 8),
     "chunked, 5 queries after 40 keys": (2, 2, 5, 40, True, None, 16),
     "dense GQA, 1 query after 33 keys (decoding)": (4, 1, 1, 33, False, None, None),
+    "bidirectional chunks of 8, 20 queries over 12 keys": (1, 1, 20, 12, False, None, 8),
 }
 
 

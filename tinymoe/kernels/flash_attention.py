@@ -55,8 +55,8 @@ def _allowed(q_pos, k_pos, window, chunk_size,
         ok = ok & (k_pos <= q_pos)
     if HAS_WINDOW:
         ok = ok & (k_pos > q_pos - window)
-    if HAS_CHUNK:
-        ok = ok & ((k_pos // chunk_size) == (q_pos // chunk_size))
+    if HAS_CHUNK:   # q_pos < 0 (more queries than keys) is in no key's chunk; `//` truncates toward 0 here
+        ok = ok & (q_pos >= 0) & ((k_pos // chunk_size) == (q_pos // chunk_size))
     return ok
 
 
