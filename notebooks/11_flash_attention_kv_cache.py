@@ -37,13 +37,14 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 import tinymoe as tm
 from tinymoe import viz
-from tinymoe.flash import (FULL, PARTIAL, SKIP, MaskRule, attention_bytes, empty_state, finish, flash_attention,
-                           merge, tile_map, update)
+from tinymoe.flash import MaskRule, attention_bytes, empty_state, finish, flash_attention, merge, tile_map, update
+from tinymoe.kernels.flash_attention import triton_flash_attention   # first: sets TRITON_INTERPRET=1 without a GPU
+
+import torch.nn.functional as F                                      # noqa: E402 (torch.nn.attention imports Triton)
+from torch.nn.attention.bias import causal_lower_right               # noqa: E402
 
 torch.manual_seed(0)
 torch.set_printoptions(precision=2, sci_mode=False)
@@ -308,8 +309,6 @@ viz.row(viz.sheet(MaskRule(causal=True).dense(3, 10).float(), "bottom-right (our
 # Without a GPU it runs in Triton's interpreter: the same kernel code, on numpy.
 
 # %%
-from tinymoe.kernels.flash_attention import triton_flash_attention
-
 q_t, k_t, v_t = (t.detach().clone().requires_grad_() for t in (q4, k4, v4))
 kernel_out = triton_flash_attention(q_t, k_t, v_t, causal=True, block_m=16, block_n=16)
 kernel_grads = torch.autograd.grad(kernel_out, (q_t, k_t, v_t), dout)

@@ -85,16 +85,19 @@ class FlashAttention(torch.autograd.Function):
                 mask = rule.block(qs, qe, ks, ke, T_q, T_k, q.device) if tiles[i, j] == PARTIAL else None
                 state = update(state, s, vg[..., ks:ke, :], mask)
             out[..., qs:qe, :], lse[..., qs:qe] = finish(state)
+        out, lse = out.reshape(B, H, T_q, D_v), lse.reshape(B, H, T_q)        # (B, n_heads, T_q, D_v), (B, n_heads, T_q)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.settings = (rule, scale, block_q, block_k, tiles)
-        return out.reshape(B, H, T_q, D_v).to(q.dtype)
+        return out.to(q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
         rule, scale, block_q, block_k, tiles = ctx.settings
-        B, H_kv, G, T_q, D_v = out.shape
-        T_k, D = k.shape[2], q.shape[-1]
+        B, H, T_q, D_v = out.shape
+        H_kv, T_k, D = k.shape[1], k.shape[2], q.shape[-1]
+        G = H // H_kv
+        out, lse = out.reshape(B, H_kv, G, T_q, D_v), lse.reshape(B, H_kv, G, T_q)
         work = out.dtype
         qg = q.to(work).reshape(B, H_kv, G, T_q, D)
         kg, vg = k.to(work)[:, :, None], v.to(work)[:, :, None]

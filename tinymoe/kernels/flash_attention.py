@@ -312,6 +312,10 @@ def triton_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     for name, block in (("block_m", block_m), ("block_n", block_n)):
         if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
             raise ValueError(f"{name}={block!r}: a Triton tile must be a power of two >= 16 (tl.dot's minimum)")
+    if interpreted() and type(tl.zeros).__name__ == "JITFunction":
+        raise RuntimeError("Triton was imported before TRITON_INTERPRET=1 was set (torch.nn.attention imports it, "
+                           "for one), so its own library is not interpreted: import tinymoe.kernels first, or set "
+                           "TRITON_INTERPRET=1 in the environment before starting Python")
     if q.dtype == torch.bfloat16 and interpreted():
         raise ValueError("bfloat16 under TRITON_INTERPRET=1: the interpreter computes dots with numpy, which has no "
                          "bfloat16; use float16 or float32 on the CPU")
