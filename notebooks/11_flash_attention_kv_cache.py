@@ -318,9 +318,10 @@ for name, a, b in zip(("dq", "dk", "dv"), kernel_grads, grads_ours):
 viz.sheet(kernel_out[0, 0], "triton_flash_attention, causal", role="output")
 
 # %% [markdown]
-# The widely copied Triton fused-attention tutorial writes its backward for the causal case: its loops walk
-# the tiles on one side of the diagonal only, so without the causal mask its gradients silently miss the
-# pairs on the other side. Our kernels take their loop bounds from the mask rule for every mask, so the
+# A trap worth knowing: the backward of the widely copied Triton fused-attention tutorial ignores its
+# `causal` flag and always computes the causal gradients (it masks the diagonal tiles and walks one side of
+# the diagonal; triton-lang/triton issues 4541 and 5660). Without the causal mask its forward is right and
+# its gradients silently wrong. Ours take loop bounds and masks from the same rule in both passes, so the
 # non-causal gradients match torch's (tests/test_flash_triton.py checks it at a size where it matters).
 
 # %%

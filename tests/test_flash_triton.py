@@ -63,9 +63,9 @@ def test_triton_kernel_equals_the_reference_in_values_and_gradients(kind, dtype)
 
 
 def test_non_causal_backward_sees_keys_on_both_sides_of_the_diagonal():
-    """The tutorial's trap: a backward written for the causal case walks only one side of the
-    diagonal, so without the mask the gradients miss every (query, later key) pair. Compared here
-    with torch's SDPA, and shown to be far from the causal gradients (so the test can tell)."""
+    """The tutorial's trap: its backward ignores `causal` and always gives the causal gradients
+    (triton-lang/triton issues 4541, 5660). Compared here with torch's non-causal SDPA, and the
+    causal gradients shown to be far from those (so the test would catch that bug)."""
     q, k, v, dout = _inputs(2, 2, 40, 40, torch.float32, seed=3)
     ours = _values_and_grads(lambda q, k, v: triton_flash_attention(q, k, v, block_m=16, block_n=16), q, k, v, dout)
     sdpa = _values_and_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), q, k, v, dout)

@@ -20,11 +20,13 @@ The mask is tinymoe.flash.MaskRule's (queries are the last T_q positions: bottom
 window; chunk). Each program first narrows its loop to the tiles that can hold an allowed pair
 (the tile skipping the widget in notebook 11 draws), then masks pair by pair inside them.
 
-The trap this file is tested against (tests/test_flash_triton.py): the widely copied Triton
-fused-attention tutorial writes its backward for the causal case, walking only the key (or
-query) tiles on one side of the diagonal; run without the causal mask its gradients silently
-miss the other side. Here the loop bounds come from the mask rule for every mask kind, dense
-included, and the non-causal gradients are compared with the reference.
+The trap this file is tested against (tests/test_flash_triton.py): the backward of the widely
+copied Triton fused-attention tutorial (06-fused-attention.py) ignores its `causal` flag and
+always computes the causal gradients (it masks the diagonal tiles and walks only one side of
+the diagonal; triton-lang/triton issues 4541 and 5660), so with causal=False the forward is
+right and the gradients are silently wrong. Here both passes take their loop bounds and masks
+from the same rule for every mask kind, dense included, and the non-causal gradients are
+compared with torch's.
 
 Block sizes: tl.dot needs every dimension >= 16, so BLOCK_M, BLOCK_N >= 16 and the head
 dimensions are padded to BLOCK_D = next power of two >= max(16, head_dim) with masked loads
