@@ -27,6 +27,6 @@ def unguarded_finish(state):
 ])
 def test_a_nan_where_no_key_was_seen_fails_with_the_reason(question, fn, words):
     for seed in (0, 1, 2):
-        result = getattr(exercise("11"), question).result(fn, seed=seed)
+        result = getattr(exercise("11_flash_merge_softmax"), question).result(fn, seed=seed)
         assert result.status == INCORRECT and result.stage == "properties", f"seed {seed}: {result.text}"
         assert words in result.text, f"seed {seed}: the feedback does not say why: {result.text}"
