@@ -6,6 +6,8 @@
     reference.py       flash_attention: the tiled forward and backward in PyTorch (FlashAttention-2),
                        saving only the output and the per-row log-sum-exp
     traffic.py         bytes read and written by naive and tiled attention (the memory-traffic model)
+    backend.py         what MultiHeadAttention calls when ModelConfig.attention_backend is "flash" or
+                       "flash_triton"
 
 The Triton kernel with the same signature is tinymoe.kernels.flash_attention.
 """
