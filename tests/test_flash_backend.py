@@ -80,3 +80,31 @@ def test_padding_mask_with_a_flash_backend_says_to_use_eager():
     _, tiled = _pair("flash", d_model=8, n_heads=2)
     with pytest.raises(ValueError, match="attention_backend='eager'"):
         tiled(torch.randn(1, 5, 8), key_padding_mask=torch.ones(1, 5, dtype=torch.bool))
+
+
+LLAMA4_LIKE = dict(vocab_size=16, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=4, max_seq_len=32,
+                   attention_chunk_size=4, no_rope_layer_interval=2, qk_norm=True, attn_temperature_tuning=True,
+                   floor_scale=4.0)
+
+
+@pytest.mark.parametrize("fields", [dict(vocab_size=16, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=32),
+                                    LLAMA4_LIKE], ids=["full attention", "Llama 4 chunked + NoPE layers"])
+def test_flash_backend_with_a_kv_cache_gives_the_eager_logits(fields):
+    """Prefill then decode one token at a time: on full-attention layers the cached keys sit at positions
+    0..S-1 and the new queries are the last ones (bottom-right), so the tiled path reads the cache as is;
+    a chunked layer's ring buffer falls back to eager. Either way, the eager path's logits."""
+    from tinymoe.kv_cache import KVCache
+    torch.manual_seed(3)
+    config = ModelConfig(**fields)
+    eager, tiled = TinyLM(config), TinyLM(config.replace(attention_backend="flash"))
+    tiled.load_state_dict(eager.state_dict())
+    tokens = torch.randint(0, 16, (1, 11))
+    full = eager(tokens).logits                                      # (1, 11, vocab) without any cache
+    err = (tiled(tokens).logits - full).abs().max().item()
+    assert err < 1e-5, f"no cache: flash logits differ from eager by {err:.2e}"
+    cache = KVCache(tiled.config, batch=1, max_len=16)
+    steps = [tiled(tokens[:, :6], cache=cache).logits]               # prefill 6 tokens
+    for t in range(6, 11):
+        steps.append(tiled(tokens[:, t:t + 1], cache=cache).logits)  # decode one token
+    err = (torch.cat(steps, dim=1) - full).abs().max().item()
+    assert err < 1e-5, f"flash backend with a KV cache: logits differ from eager without one by {err:.2e}"

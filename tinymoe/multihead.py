@@ -139,7 +139,8 @@ class MultiHeadAttention(nn.Module):
         S = k.shape[2]                                                   # keys: T, or cached + T (the last T)
         v = v.view(B, S, self.n_kv_heads, self.kv_v_dims[0]).transpose(1, 2)   # (B, n_kv_heads, S, v_dim)
         sliding = self.config.attention == "sliding_window"
-        heads = flash_backend(q, k, v, self.config.attention_backend, causal=self.config.causal or sliding,
+        causal = self.config.causal or sliding or self.chunk_size is not None   # windows and chunks look back
+        heads = flash_backend(q, k, v, self.config.attention_backend, causal=causal,
                               window=self.config.window if sliding else None, chunk_size=self.chunk_size,
                               key_padding_mask=key_padding_mask)       # (B, n_heads, T, v_dim)
         concat = heads.transpose(1, 2).reshape(B, T, -1)                 # (B, T, n_heads * v_dim)
