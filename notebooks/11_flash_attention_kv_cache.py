@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # 11 · Flash attention
+# # 11 · Flash attention and the KV cache
 #
 # Notebook 01 computed attention as three tables: the scores `S = Q Kᵀ / √d`, the weights
 # `P = softmax(S)` and the output `O = P V`. At 10 tokens the tables are tiny; at 32k tokens one
@@ -27,7 +27,8 @@
 # - count the bytes naive and tiled attention move, and say what the tile size buys;
 # - say which tiles a causal, sliding-window or chunked mask lets the kernel skip, and where the queries
 #   sit when there are fewer queries than keys (bottom-right alignment);
-# - check the tiled PyTorch reference and the Triton kernel against plain attention, values and gradients.
+# - check the tiled PyTorch reference and the Triton kernel against plain attention, values and gradients;
+# - watch a KV cache fill token by token while the model decodes, with flash attention reading it.
 #
 # **Where we are.** One attention head at sheet size: ten tokens, `head_dim = 3`, queries, keys and values
 # rounded to one decimal so the sheets read easily. Tiles of 4 keys.
@@ -398,10 +399,61 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## The cache filling token by token
+#
+# Generating text runs the model once per new token. Its keys and values at earlier positions never change
+# (causal attention), so a model keeps them: the KV cache (`tinymoe.kv_cache`, notebook 10 shows a Llama 4's).
+# The prompt is run once (prefill), then each step feeds one token, whose single query attends over every
+# cached key: the bottom-right case above, with `T_q = 1`. A small model with `attention_backend="flash"`,
+# one layer, two query heads sharing one key/value head, a cache of 8 slots; the sheets show the cached keys
+# of the kv head after the prefill of 4 tokens and after each decoded token (empty slots hold zeros).
+
+# %%
+from tinymoe.kv_cache import KVCache
+
+torch.manual_seed(2)
+small = tm.ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=4, max_seq_len=16,
+                       attention_backend="flash")
+lm = tm.TinyLM(small).eval()
+prompt = torch.tensor([[3, 1, 4, 1]])
+cache = KVCache(small, batch=1, max_len=8)
+snapshots, tokens = [], prompt
+with torch.no_grad():
+    logits = lm(prompt, cache=cache).logits                              # prefill: positions 0..3
+    snapshots.append(("after the prefill", cache.layers[0].k[0, 0].clone(), cache.layers[0].positions.clone()))
+    for step in range(3):
+        next_token = logits[:, -1].argmax(-1, keepdim=True)              # greedy, (1, 1)
+        tokens = torch.cat([tokens, next_token], dim=1)
+        logits = lm(next_token, cache=cache).logits                      # decode: one query, position cache.length
+        snapshots.append((f"after decoding token {step + 1}", cache.layers[0].k[0, 0].clone(),
+                          cache.layers[0].positions.clone()))
+print("tokens:", tokens.tolist(), "| cache.length =", cache.length, "| cache bytes:", cache.nbytes())
+viz.row(*(viz.sheet(k_cached, f"cached k, {when}", note="rows: cache slots",
+                    row_labels=[f"pos {p}" if p >= 0 else "empty" for p in positions.tolist()])
+          for when, k_cached, positions in snapshots))
+
+# %% [markdown]
+# The cache changes the work, not the result: greedy generation with the cache gives the same tokens as
+# re-running the whole context at every step, and the flash backend's logits equal the eager backend's,
+# cache or no cache.
+
+# %%
+with torch.no_grad():
+    assert torch.equal(lm.generate(prompt, 6, use_cache=True), lm.generate(prompt, 6, use_cache=False))
+    eager_lm = tm.TinyLM(small.replace(attention_backend="eager")).eval()
+    eager_lm.load_state_dict(lm.state_dict())
+    eager_cache = KVCache(eager_lm.config, batch=1, max_len=8)
+    eager_logits = torch.cat([eager_lm(tokens[:, :4], cache=eager_cache).logits]
+                             + [eager_lm(tokens[:, t:t + 1], cache=eager_cache).logits for t in range(4, 7)], dim=1)
+    same("cached decoding, flash vs eager backend", eager_logits, lm(tokens).logits)
+print("generate with the cache == generate without it, token for token")
+
+# %% [markdown]
 # ## What changed
 #
 # Nothing about what attention computes: the same output and the same gradients, checked against torch at
 # every step. What changed is the order of work: keys in tiles, three running numbers per query
 # (`m`, `l`, `o`), one number per query (`lse`) kept for the backward instead of the weights, and tiles a
-# mask forbids never loaded. Exercise 11 (`exercises/release/11_flash_merge_softmax.ipynb`) asks you to
+# mask forbids never loaded. At decode time the same kernel reads the KV cache, one query against every
+# cached key. Exercise 11 (`exercises/release/11_flash_merge_softmax.ipynb`) asks you to
 # merge two states and finish one.
