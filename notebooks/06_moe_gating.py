@@ -499,10 +499,10 @@ explorer.set(router="switch")
 print("error:", explorer.error)
 explorer.set(top_k=1)
 print(explorer.shape_label)
-print("load:", explorer.expert_load, "| capacity:", explorer.capacity, "| dropped:", explorer.dropped)
+print("load:", explorer.view.expert_load, "| capacity:", explorer.view.capacity, "| dropped:", explorer.view.dropped)
 explorer.set(n_experts=8, top_k=2, router="softmax_topk", capacity_factor=1.25, seq_len=32)
 print(explorer.shape_label)
-print("load:", explorer.expert_load, "| dropped:", explorer.dropped)
+print("load:", explorer.view.expert_load, "| dropped:", explorer.view.dropped)
 
 # %% [markdown]
 # ## The same code at a larger size

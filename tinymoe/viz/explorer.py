@@ -28,7 +28,14 @@ from .palette import legend
 from .style import EXPLORER_CSS, MONO, SNAPSHOT_CSS
 from .table import ShapesTable
 
-__all__ = ["Explorer", "View", "slider", "log_slider", "dropdown", "checkbox", "control_values"]
+__all__ = ["Explorer", "View", "slider", "log_slider", "dropdown", "checkbox", "control_values",
+           "EXPLORER_CELLS", "EXPLORER_COLUMNS"]
+
+# What an explorer draws as cells, at most; past these a sheet is a picture. An explorer's controls
+# reach sizes (16 tokens x 4 heads x 8 dims) whose cells would fill screens, and the reader moving a
+# slider wants to see the whole picture change at once.
+EXPLORER_CELLS = 240          # cells per sheet
+EXPLORER_COLUMNS = 24         # columns per grid: wider would run off a laptop screen's right edge
 
 
 @dataclass
@@ -64,12 +71,12 @@ def _style():
     return {"description_width": "initial"}
 
 
-def slider(value: int, min: int, max: int, step: int = 1, description: str | None = None):
+def slider(value: int, min: int, max: int, step: int = 1, description: str | None = None, width: str = "260px"):
     """A whole-number slider (its range stretched to include `value`)."""
     import ipywidgets as widgets
     return widgets.IntSlider(value=value, min=builtins.min(min, value), max=builtins.max(max, value), step=step,
                              description=description or "", continuous_update=False, style=_style(),
-                             layout=widgets.Layout(width="260px"))
+                             layout=widgets.Layout(width=width))
 
 
 def log_slider(value: float, min_exponent: float, max_exponent: float, step: float = 0.25, base: float = 10,
@@ -81,16 +88,18 @@ def log_slider(value: float, min_exponent: float, max_exponent: float, step: flo
                                   readout_format=",.0f", layout=widgets.Layout(width="300px"))
 
 
-def dropdown(value, options, description: str | None = None):
+def dropdown(value, options, description: str | None = None, width: str = "200px"):
+    """A list to choose from; options are values or (label, value) pairs. `width` must hold the
+    description and the longest label (a cut-off label reads as a different option)."""
     import ipywidgets as widgets
     return widgets.Dropdown(value=value, options=list(options), description=description or "", style=_style(),
-                            layout=widgets.Layout(width="200px"))
+                            layout=widgets.Layout(width=width))
 
 
-def checkbox(value: bool, description: str | None = None):
+def checkbox(value: bool, description: str | None = None, width: str = "110px"):
     import ipywidgets as widgets
     return widgets.Checkbox(value=value, description=description or "", indent=False, style=_style(),
-                            layout=widgets.Layout(width="110px"))
+                            layout=widgets.Layout(width=width))
 
 
 
@@ -101,7 +110,8 @@ def control_values(control) -> list:
         exponents = np.arange(control.min, control.max + control.step / 2, control.step)
         return [float(control.base ** e) for e in exponents]
     if isinstance(control, (widgets.IntSlider, widgets.BoundedIntText)):
-        return list(range(control.min, control.max + 1, control.step))
+        first, last = _full_range(control)
+        return list(range(first, last + 1, control.step))
     if isinstance(control, (widgets.Checkbox, widgets.ToggleButton)):
         return [False, True]
     if hasattr(control, "options"):
@@ -111,6 +121,11 @@ def control_values(control) -> list:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _option_value(option):
+    """A dropdown option's value: options are values or (label, value) pairs."""
+    return option[1] if isinstance(option, tuple) else option
 
 
 def _coerce(control, value):
@@ -141,18 +156,24 @@ def _within(control, value, limit: dict | None = None) -> str | None:
         whole = isinstance(control, widgets.IntSlider)
         if not _is_number(value) or (whole and not isinstance(value, (int, np.integer))):
             return "must be a whole number" if whole else "must be a number"
-        low, high = limit.get("min", control.min), limit.get("max", control.max)
-        if not control.min <= value <= control.max:
-            return f"is outside this slider's range {control.min}..{control.max}"
+        first, last = _full_range(control)
+        low, high = limit.get("min", first), limit.get("max", last)
+        if not first <= value <= last:
+            return f"is outside this slider's range {first}..{last}"
         if not low <= value <= high:
             return f"is outside {low}..{high}, the range the other settings allow{_why(limit)}"
     elif hasattr(control, "options"):
-        options = limit.get("options", control_values(control))
+        options = [_option_value(o) for o in limit["options"]] if "options" in limit else control_values(control)
         same_kind = [o for o in options if o == value and (_is_number(o) == _is_number(value))]
         if not same_kind:
             where = "the options the other settings allow" if "options" in limit else "the options"
             return f"is not one of {where} {list(options)}{_why(limit)}"
     return None
+
+
+def _full_range(control) -> tuple:
+    """A slider's range before any limit narrowed it (remembered when the explorer was made)."""
+    return getattr(control, "_full_range", (control.min, control.max))
 
 
 def _why(limit: dict) -> str:
@@ -203,6 +224,8 @@ class Explorer:
         for name, control in self.controls.items():
             if not getattr(control, "description", None):
                 control.description = name
+            if hasattr(control, "min") and hasattr(control, "max"):
+                control._full_range = (control.min, control.max)
             control.observe(self._on_change, names="value")
         self.error: str | None = None
         self.errors: list[str] = []                       # every rule the controls break now
@@ -210,7 +233,7 @@ class Explorer:
         self.shown_values: dict = {}                      # the control values that picture was drawn for
         self.table: ShapesTable | None = None
         self.last_update_seconds = 0.0
-        self._holding = False
+        self._holding = 0
 
         self._apply_limits(self.values)
         view = self.build(self.values)                       # the starting picture must be possible
@@ -341,13 +364,19 @@ class Explorer:
         with self._hold():
             for name, limit in self.limits(values).items():
                 control = self.controls[name]
+                if "disabled" in limit:
+                    control.disabled = bool(limit["disabled"])
                 if "options" in limit:
                     options = list(limit["options"])
-                    if list(control.options) != options:
-                        value = control.value
-                        nearest = min(options, key=lambda o: (abs(o - value), o)) if options else None
+                    if [_option_value(o) for o in control.options] != [_option_value(o) for o in options]:
+                        value, allowed = control.value, [_option_value(o) for o in options]
+                        if value not in allowed and allowed:
+                            numeric = all(_is_number(v) for v in allowed + [value])
+                            value = min(allowed, key=lambda v: abs(v - value)) if numeric else allowed[0]
                         control.options = options
-                        control.value = value if value in options else nearest
+                        control.value = value
+                    continue
+                if "min" not in limit and "max" not in limit:
                     continue
                 low = limit.get("min", getattr(control, "min", None))
                 high = limit.get("max", getattr(control, "max", None))
@@ -361,11 +390,12 @@ class Explorer:
 
     @contextmanager
     def _hold(self):
-        self._holding = True
+        """No redraw per control while several move together (re-entrant)."""
+        self._holding += 1
         try:
             yield
         finally:
-            self._holding = False
+            self._holding -= 1
 
     def _on_change(self, change) -> None:
         if not self._holding:

@@ -30,12 +30,12 @@ import torch
 from .html import Html, escape
 from .palette import ROLE_EDGE, ROLE_FILL, ROLE_TAG, hex_colours
 from .png import data_uri, heatmap_png
+from .style import MONO, NOTE, shape_text
 
 __all__ = ["Sheet", "sheet", "show", "ORIENTATIONS", "MONO"]
 
 ORIENTATIONS = ("pytorch", "by_hand")
 ROLES = tuple(ROLE_FILL)
-MONO = "SFMono-Regular,Menlo,Consolas,'DejaVu Sans Mono','Liberation Mono',monospace"
 SQUARE_NAMES = ("scores", "weights", "mask")   # attention matrices: (queries, keys), both tokens
 MAX_PANELS = 16                                 # heads drawn in a summary picture
 
@@ -141,10 +141,6 @@ def format_values(values: np.ndarray, decimals: int) -> np.ndarray:
 
 # ---- the HTML --------------------------------------------------------------------------------
 
-def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
 def caption(name: str, role: str, shape: tuple, note: str = "") -> str:
     """Name (monospace, bold), what kind of tensor, and its shape as PyTorch stores it."""
     tag = ROLE_TAG.get(role, "")
@@ -154,7 +150,7 @@ def caption(name: str, role: str, shape: tuple, note: str = "") -> str:
     return (f'<div style="font-family:sans-serif;font-size:12px;color:#222;margin:0 0 3px 0;white-space:nowrap;'
             f'text-align:left"><b style="font-family:{MONO};font-size:13px">{escape(name)}</b>{tag_html} '
             f'<span style="font-family:{MONO};font-size:12px;background:#efefef;border-radius:3px;padding:0 4px">'
-            f"{escape(_shape_text(shape))}</span>{note_html}</div>")
+            f"{escape(shape_text(shape))}</span>{note_html}</div>")
 
 
 def grid_html(panel: np.ndarray, text: np.ndarray, role: str, row_labels: list[str], col_labels: list[str],
@@ -203,7 +199,7 @@ def render(panels: list[np.ndarray], titles: list[str], name: str, role: str, sh
     label_width = label_width or 0.62 * max([len(r) for r in row_labels] + [1]) + 0.5
     body = []
     for panel, text, title in zip(panels, texts, titles):
-        head = (f'<div style="font-family:sans-serif;font-size:11px;color:#777;margin:0 0 1px 0;'
+        head = (f'<div style="{NOTE};margin:0 0 1px 0;'
                 f'text-align:left">{escape(title)}</div>' if title else "")
         grid = grid_html(panel, text, role, row_labels, col_labels, scale, cell_width, label_width)
         if len(panels) > 1:
@@ -222,12 +218,12 @@ def render_empty(name: str, role: str, shape: tuple, note: str) -> str:
     axes = f"axis {zero[0]} has" if len(zero) == 1 else f"axes {', '.join(zero[:-1])} and {zero[-1]} have"
     return (f'<div style="display:inline-block;vertical-align:top;text-align:left;line-height:1.4">'
             f'{caption(name, role, shape, note)}'
-            f'<div style="font-family:sans-serif;font-size:11px;color:#777;margin:2px 0 0 0;text-align:left">'
+            f'<div style="{NOTE};margin:2px 0 0 0">'
             f"empty tensor: {axes} size 0, so there are no values to draw.</div></div>")
 
 
 def render_summary(panels: list[np.ndarray], titles: list[str], name: str, role: str, shape: tuple,
-                   note: str, max_cells: int) -> str:
+                   note: str, max_cells: int, max_columns: int | None = None) -> str:
     """Caption + a heatmap picture instead of cells (the tensor is bigger than max_cells)."""
     shown = panels[:MAX_PANELS]
     floats = [p.astype(np.float64) for p in shown]
@@ -244,8 +240,10 @@ def render_summary(panels: list[np.ndarray], titles: list[str], name: str, role:
     heads = f" ({escape(titles[0])} &hellip; {escape(titles[len(shown) - 1])} left to right)" \
         if len(shown) > 1 and titles[0] else ""
     edge = ROLE_EDGE.get(role, "#d4d4d4")
-    summary = (f'<div style="font-family:sans-serif;font-size:11px;color:#777;margin:2px 0 0 0;text-align:left">'
-               f"{cells:,} values &gt; max_cells={max_cells}: summarised as a heatmap{heads}{more}. "
+    summary = (f'<div style="{NOTE};margin:2px 0 0 0">'
+               + (f"{panels[0].shape[-1]} columns &gt; max_columns={max_columns}" if max_columns else
+                  f"{cells:,} values &gt; max_cells={max_cells}")
+               + f": summarised as a heatmap{heads}{more}. "
                f"Blue +, red &minus;, full colour at |v| = {scale:.3g}. One value per "
                f"{pixels}&times;{shown_h // h} px block.</div>")
     return (f'<div style="display:inline-block;vertical-align:top;text-align:left;line-height:1.4">'
@@ -266,12 +264,16 @@ def orientation_note(row_kind: str, col_kind: str, orientation: str) -> str:
 
 def sheet(tensor, name: str | None = None, role: str = "activation", decimals: int = 2,
           max_cells: int = 600, row_labels=None, col_labels=None, orientation: str = "pytorch",
-          note: str | None = None) -> Sheet:
+          note: str | None = None, max_columns: int | None = None, categorical: bool | None = None) -> Sheet:
     """Draw `tensor` as a sheet (see the module docstring). Returns a Sheet; a notebook shows it.
 
     role         weight | bias | input | output | activation | buffer (sets the colour)
     decimals     places after the point
     max_cells    past this many numbers, a heatmap picture + shape instead of cells
+    max_columns  past this many columns (as drawn), a picture too (None: no limit)
+    categorical  ids, not amounts (expert ids, block ids): each value gets its own colour from a
+                 categorical palette (-1, "none", stays blank). Default: integer tensors whose
+                 name ends in "_ids" or "blocks".
     row_labels, col_labels   override the labels of the grid as drawn (after orientation)
     orientation  "pytorch" (tokens as rows) or "by_hand" (tokens as columns)
     note         the caption's grey note (plain text); default: the orientation when rows or
@@ -293,8 +295,9 @@ def sheet(tensor, name: str | None = None, role: str = "activation", decimals: i
     panels, titles, row_kind, col_kind, _ = _panels(values, kinds, orientation)
     if note is None:
         note = orientation_note(row_kind, col_kind, orientation)
-    if sum(p.size for p in panels) > max_cells:
-        html = render_summary(panels, titles, name, role, shape, note, max_cells)
+    too_wide = max_columns is not None and panels[0].shape[-1] > max_columns
+    if sum(p.size for p in panels) > max_cells or too_wide:
+        html = render_summary(panels, titles, name, role, shape, note, max_cells, max_columns if too_wide else None)
         return Sheet(html, name, role, shape, orientation, True, panels, titles)
     rows, cols = panels[0].shape
     row_labels = list(row_labels) if row_labels is not None else _labels(row_kind, rows)

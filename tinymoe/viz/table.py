@@ -21,7 +21,7 @@ from ..sizes import parameter_counts
 from .forward import Run, traced_forward
 from .html import Html, escape
 from .palette import ROLE_EDGE, ROLE_FILL
-from .sheet import MONO
+from .style import MONO, shape_text
 
 __all__ = ["ShapeRow", "ShapesTable", "shapes_table", "settings_of"]
 
@@ -124,10 +124,6 @@ def _merge(rows: list[ShapeRow], previous: list[ShapeRow]) -> list[ShapeRow]:
     return merged
 
 
-def _shape(shape) -> str:
-    return "" if shape is None else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
 def _count(n) -> str:
     return "" if n is None else f"{n:,}"
 
@@ -208,7 +204,7 @@ class ShapesTable(Html):
                       f'background:{ROLE_FILL.get(r.role, "#fff")};border:1px solid {ROLE_EDGE.get(r.role, "#ccc")}">'
                       f"</span>" if r.kind == "tensor" else "")
             weight = "font-weight:bold;" if r.kind == "total" else ""
-            shape = _shape(r.shape)
+            shape = shape_text(r.shape)
             params = _count(r.parameters)
             if r.buffers and r.kind != "tensor":
                 params += f' <span style="color:#999">+{r.buffers:,} buffer</span>'
@@ -216,7 +212,7 @@ class ShapesTable(Html):
                 params = '<span style="color:#999">buffer</span>'
             if r.status == "changed":
                 if r.old_shape != r.shape:
-                    shape = f'<s style="color:#999">{_shape(r.old_shape)}</s> {shape}'
+                    shape = f'<s style="color:#999">{shape_text(r.old_shape)}</s> {shape}'
                 if r.old_parameters != r.parameters:
                     params = f'<s style="color:#999">{_count(r.old_parameters)}</s> {params}'
             elif r.status == "new":
