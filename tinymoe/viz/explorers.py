@@ -112,7 +112,7 @@ class GQAExplorer(Explorer):
     """Grouped-query attention: n_heads query heads share n_kv_heads key/value heads.
 
     n_kv_heads == n_heads is multi-head attention, 1 is multi-query attention, in between GQA.
-    Watch W_k and W_v (red: trainable) and the key cache shrink by the group size while the
+    Watch W_k and W_v (red border: trainable) and the key cache shrink by the group size while the
     queries and the output keep their shapes. n_kv_heads must divide n_heads (every key/value head
     serves a whole group): its list holds the divisors of n_heads, and follows n_heads.
     """

@@ -1,4 +1,4 @@
-"""A tensor as an interactive plotly heatmap, in the sheets' colours (blue +, red -, white at 0).
+"""A tensor as an interactive plotly heatmap, in the sheets' colours (blue +, orange -, white at 0).
 
 Heads are laid side by side in one picture, separated by a blank column, so an explorer can swap
 the data of a single trace in place when a slider moves (no new figure, no flicker):

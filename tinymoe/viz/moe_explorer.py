@@ -6,12 +6,12 @@ n_experts, top_k, capacity_factor, router and seq_len build an MoE layer at shee
   heatmap  tokens as rows, experts as columns, two panels side by side:
            left   moe.router_probs: what the router thinks of every expert
            right  the gate each token actually uses per expert, after top-k and capacity; an
-                  assignment a full expert turned away is drawn as -1 (red)
+                  assignment a full expert turned away is drawn as -1 (orange)
            (soft MoE: the dispatch and the combine weights, summed over each expert's slots)
   sheets   moe.expert_ids and moe.gates, tokens as columns (expert choice: one row per expert;
            soft: moe.dispatch_weights and moe.slots); a picture past max_columns tokens or 8 rows
   notes    one bar per expert: the slots it processes (moe.expert_load, blue) and the ones it
-           turned away (red) against its capacity (dashed);
+           turned away (orange) against its capacity (dashed);
            the dropped assignments and tokens; total parameters against the active ones per token
            (tinymoe.moe.moe_parameter_counts; a test checks it against the module built)
   table    the layer's shapes and parameters, with what changed since the last picture
@@ -148,7 +148,7 @@ class MoEExplorer(Explorer):
             dropped_ids = torch.where(trace["moe.dropped"], trace["moe.chosen_ids"], -1)  # (N, k)
             routing = routing_matrix(trace["moe.expert_ids"], trace["moe.gates"], E, dropped_ids)  # (T, E)
             panels = torch.stack([trace["moe.router_probs"], routing])                      # (2, T, E)
-            panel_names = ["router_probs", "gates used (red: dropped)"]
+            panel_names = ["router_probs", "gates used (orange: dropped)"]
             capacity = int(trace["moe.capacity"]) if "moe.capacity" in trace else None
             dropped = {"assignments": int(trace["moe.dropped"].sum()),
                        "tokens": int(trace["moe.dropped_tokens"].sum())}
@@ -226,7 +226,7 @@ class MoEExplorer(Explorer):
             rows.append(f'<tr><td style="padding:1px 6px 1px 0;{text};font-family:monospace">e{e}</td>'
                         f'<td style="padding:1px 0"><div style="position:relative;width:{BAR_WIDTH + 4}px;height:14px">'
                         f'<div style="display:flex;height:14px"><div style="width:{n * scale:.0f}px;background:#4285c4">'
-                        f'</div><div style="width:{away * scale:.0f}px;background:#de5440"></div></div>{mark}</div></td>'
+                        f'</div><div style="width:{away * scale:.0f}px;background:#e8801c"></div></div>{mark}</div></td>'
                         f'<td style="padding:1px 0 1px 8px;{text};font-family:monospace;text-align:left;white-space:nowrap">'
                         f"{n}{f' (+{away} turned away)' if away else ''}</td></tr>")
         if moe.router == "soft":
@@ -236,7 +236,7 @@ class MoEExplorer(Explorer):
         else:
             per = T * moe.top_k
             what = (f"assignments each expert processes ({T} tokens × top-{moe.top_k} = {per}"
-                    + (f"; dashed line: capacity {capacity}; red: turned away)" if capacity is not None
+                    + (f"; dashed line: capacity {capacity}; orange: turned away)" if capacity is not None
                        else "; no capacity)"))
         if moe.router == "soft":
             lost = "Soft MoE drops nothing: every token is in every slot, a little."

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 
 from .html import Html, escape
-from .palette import ROLE_EDGE, ROLE_FILL, ROLE_TAG, hex_colours
+from .palette import ROLE_EDGE, ROLE_TAG, ROLE_WIDTH, ROLES, category_colours, hex_colours
 from .png import data_uri, heatmap_png
 from .style import MONO, NOTE, shape_text
 
 __all__ = ["Sheet", "sheet", "show", "ORIENTATIONS", "MONO"]
 
 ORIENTATIONS = ("pytorch", "by_hand")
-ROLES = tuple(ROLE_FILL)
+CATEGORY_SUFFIXES = ("_ids", "ids", "blocks", "expert")   # integer tensors that hold ids
 SQUARE_NAMES = ("scores", "weights", "mask")   # attention matrices: (queries, keys), both tokens
 MAX_PANELS = 16                                 # heads drawn in a summary picture
 
@@ -154,15 +154,13 @@ def caption(name: str, role: str, shape: tuple, note: str = "") -> str:
 
 
 def grid_html(panel: np.ndarray, text: np.ndarray, role: str, row_labels: list[str], col_labels: list[str],
-              scale: float, cell_width: float, label_width: float) -> str:
+              scale: float, cell_width: float, label_width: float, categorical: bool = False) -> str:
     """One 2-D panel as a table: column labels on top, row labels on the left.
+    The border says the role, the fill the value (palette.py); ids get categorical fills.
     Widths are set on the label cells (table-layout auto takes a column's width from them), so two
     grids given the same cell_width line up when stacked, as in the by-hand product."""
-    edge = ROLE_EDGE.get(role, "#d4d4d4")
-    if role == "activation":
-        fills = hex_colours(panel, scale)
-    else:
-        fills = np.full(panel.shape, ROLE_FILL.get(role, "#ffffff"), dtype=object)
+    edge, width = ROLE_EDGE.get(role, "#d4d4d4"), ROLE_WIDTH.get(role, 1)
+    fills = category_colours(panel) if categorical else hex_colours(panel, scale)
     label = "color:#8a8a8a;font-size:10px;border:none;background:transparent;padding:0 3px;"
     parts = [f'<table style="border-collapse:collapse;font-family:{MONO};font-size:12px;line-height:17px;'
              f'margin:0;table-layout:auto;color:#222;width:auto">',
@@ -171,7 +169,7 @@ def grid_html(panel: np.ndarray, text: np.ndarray, role: str, row_labels: list[s
         parts.append(f'<td style="{label}text-align:center;width:{cell_width:.1f}em;min-width:{cell_width:.1f}em">'
                      f"{escape(c)}</td>")
     parts.append("</tr>")
-    cell = f"border:1px solid {edge};padding:1px 5px;text-align:right;white-space:nowrap;background:"
+    cell = f"border:{width}px solid {edge};padding:1px 5px;text-align:right;white-space:nowrap;background:"
     for r in range(panel.shape[0]):
         parts.append(f'<tr><td style="{label}text-align:right;height:19px">{escape(row_labels[r])}</td>')
         parts.extend(f'<td style="{cell}{fills[r, c]}">{text[r, c]}</td>' for c in range(panel.shape[1]))
@@ -187,7 +185,7 @@ def cell_width_for(texts: list[np.ndarray], col_labels: list[str]) -> float:
 
 def render(panels: list[np.ndarray], titles: list[str], name: str, role: str, shape: tuple, note: str,
            decimals: int, row_labels: list[str], col_labels: list[str], cell_width: float | None = None,
-           label_width: float | None = None, scale: float | None = None) -> str:
+           label_width: float | None = None, scale: float | None = None, categorical: bool = False) -> str:
     """Caption + the panels as grids side by side. Two or more panels (heads) sit in a wrapping
     flex row, so the heads that do not fit the page's width move onto the next line instead of
     running off its right edge; a single grid is one inline block."""
@@ -201,7 +199,7 @@ def render(panels: list[np.ndarray], titles: list[str], name: str, role: str, sh
     for panel, text, title in zip(panels, texts, titles):
         head = (f'<div style="{NOTE};margin:0 0 1px 0;'
                 f'text-align:left">{escape(title)}</div>' if title else "")
-        grid = grid_html(panel, text, role, row_labels, col_labels, scale, cell_width, label_width)
+        grid = grid_html(panel, text, role, row_labels, col_labels, scale, cell_width, label_width, categorical)
         if len(panels) > 1:
             body.append(f'<div style="flex:none;margin:0 12px 0 0">{head}{grid}</div>')
         else:
@@ -244,7 +242,7 @@ def render_summary(panels: list[np.ndarray], titles: list[str], name: str, role:
                + (f"{panels[0].shape[-1]} columns &gt; max_columns={max_columns}" if max_columns else
                   f"{cells:,} values &gt; max_cells={max_cells}")
                + f": summarised as a heatmap{heads}{more}. "
-               f"Blue +, red &minus;, full colour at |v| = {scale:.3g}. One value per "
+               f"Blue +, orange &minus;, full colour at |v| = {scale:.3g}. One value per "
                f"{pixels}&times;{shown_h // h} px block.</div>")
     return (f'<div style="display:inline-block;vertical-align:top;text-align:left;line-height:1.4">'
             f'{caption(name, role, shape, note)}'
@@ -287,6 +285,8 @@ def sheet(tensor, name: str | None = None, role: str = "activation", decimals: i
     name = "tensor" if name is None else name
     values = as_numpy(tensor)
     shape = tuple(values.shape)
+    if categorical and not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name}: categorical=True needs whole-number ids, got {values.dtype}")
     note = None if note is None else escape(note)
     if values.size == 0:                                  # (10, 0) and the like: nothing to draw
         html = render_empty(name, role, shape, note or "")
@@ -305,7 +305,9 @@ def sheet(tensor, name: str | None = None, role: str = "activation", decimals: i
     if len(row_labels) != rows or len(col_labels) != cols:
         raise ValueError(f"{name}: got {len(row_labels)} row labels and {len(col_labels)} column labels "
                          f"for a grid of {rows} x {cols} (as drawn, orientation={orientation!r})")
-    html = render(panels, titles, name, role, shape, note, decimals, row_labels, col_labels)
+    if categorical is None:
+        categorical = np.issubdtype(values.dtype, np.integer) and name.endswith(CATEGORY_SUFFIXES)
+    html = render(panels, titles, name, role, shape, note, decimals, row_labels, col_labels, categorical=categorical)
     return Sheet(html, name, role, shape, orientation, False, panels, titles)
 
 

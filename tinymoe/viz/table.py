@@ -20,7 +20,7 @@ from ..config import ModelConfig
 from ..sizes import parameter_counts
 from .forward import Run, traced_forward
 from .html import Html, escape
-from .palette import ROLE_EDGE, ROLE_FILL
+from .palette import ROLE_EDGE, ROLE_WIDTH
 from .style import MONO, shape_text
 
 __all__ = ["ShapeRow", "ShapesTable", "shapes_table", "settings_of"]
@@ -201,7 +201,7 @@ class ShapesTable(Html):
             name = escape(r.name) + (f' <span style="color:#999">{escape(r.module_type)}</span>'
                                      if r.module_type and r.kind == "module" else "")
             swatch = (f'<span style="display:inline-block;width:9px;height:9px;margin-right:5px;'
-                      f'background:{ROLE_FILL.get(r.role, "#fff")};border:1px solid {ROLE_EDGE.get(r.role, "#ccc")}">'
+                      f'background:#ffffff;border:{ROLE_WIDTH.get(r.role, 1)}px solid {ROLE_EDGE.get(r.role, "#ccc")}">'
                       f"</span>" if r.kind == "tensor" else "")
             weight = "font-weight:bold;" if r.kind == "total" else ""
             shape = shape_text(r.shape)
