@@ -47,7 +47,7 @@ viz.shapes_table(config, module="attention")
 # Attention starts from one vector per token (notebook 02 shows where they come from: an embedding
 # table). PyTorch stores them as `(batch, seq_len, d_model) = (1, 10, 5)`, one token per **row**.
 # The hand-built sheets turn this around and put one token per **column**, so that a product reads
-# `Q = W_q · X`; we do the same here. The input is gold; entries of −1, 0 and 1 keep the arithmetic
+# `Q = W_q · X`; we do the same here. The input has a gold border; entries of −1, 0 and 1 keep the arithmetic
 # readable.
 
 # %%
@@ -61,7 +61,7 @@ viz.row(viz.sheet(x, "X", role="input", orientation="by_hand"),
 # A query says what a token is looking for. It is a linear map of the token's vector: the weight
 # `W_q` has one row per query dimension (`d_k = 3`) and one column per input dimension
 # (`d_model = 5`). Laid out by hand, `W_q` sits on the left, `X` on top, and each cell of `Q` is
-# where a row of `W_q` meets a column of `X`: their dot product. `W_q` is shaded red because it is
+# where a row of `W_q` meets a column of `X`: their dot product. `W_q` has a red border because it is
 # trainable: these 15 cells are 15 of the layer's parameters. (A trained model learns them; we type in
 # small whole numbers so every product can be checked by eye.)
 
@@ -119,7 +119,7 @@ print("d_k = 3, d_v = 4 -> out", tuple(out_v4.shape), "| d_k = 3, d_v = 2 -> out
 # well each token's question matches each token's offer. Laid out by hand it is again "left times
 # top": `Q` (one query per row) on the left, `Kᵀ` (one key per column) on top, each product where a
 # query's row meets a key's column. Both operands are computed, not trained, so neither is shaded.
-# Then every score is divided by `√d_k = √3` (right). We compute it by hand and check the core's
+# Then every score is divided by `√d_k = √3` (the sheet beside it, or below on a narrow screen). We compute it by hand and check the core's
 # `attn.scores` agrees.
 
 # %%
