@@ -284,10 +284,16 @@ viz.walk(trace, names=["attn.x", "attn.q", "attn.k", "attn.v", "attn.weights", "
 # The explorer holds a config and re-runs the same core module whenever a slider moves: change
 # `seq_len`, `d_model`, `d_k`, `d_v`, the number of heads or the causal switch, and the shape label,
 # the sheets and the heatmap update. Try `d_v` first: only `attn.v` and the output change shape.
-# (Run the notebook to get live sliders.)
+# It starts from the module and the tokens above (`start_from=attn, start_inputs=x`), so its first
+# picture is the one you just checked by hand; a size that no longer fits them draws seeded random
+# weights instead. (Run the notebook to get live sliders.)
 
 # %% tags=["nbval-ignore-output"]
-viz.AttentionExplorer(seq_len=10, d_model=5, d_k=3, d_v=4, n_heads=1, orientation="by_hand")
+explorer = viz.AttentionExplorer(seq_len=10, d_model=5, d_k=3, d_v=4, n_heads=1, orientation="by_hand",
+                                 start_from=attn, start_inputs=x)
+torch.testing.assert_close(torch.as_tensor(explorer.heatmap_data, dtype=torch.float32), trace["attn.weights"][0, 0],
+                           atol=1e-3, rtol=0)                            # its first picture: the one above
+explorer
 
 # %% [markdown]
 # ## At a larger size

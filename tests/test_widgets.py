@@ -359,3 +359,23 @@ def test_every_explorer_is_exported_from_viz():
     assert viz.NormExplorer is NormExplorer and "NormExplorer" in viz.__all__, "notebook 04 uses viz.NormExplorer()"
     for name in ("AttentionExplorer", "RopeExplorer", "GQAExplorer", "NormExplorer", "NSAExplorer", "MoEExplorer"):
         assert name in viz.__all__ and name in viz.__doc__, f"{name} should be exported and listed in the docstring"
+
+
+def test_an_explorer_started_from_a_by_hand_module_first_draws_its_numbers():
+    import torch
+    config = tinymoe.ModelConfig(d_model=5, n_heads=1, head_dim=3, v_head_dim=4, position="none", max_seq_len=10)
+    g = torch.Generator().manual_seed(3)
+    attn = tinymoe.MultiHeadAttention(config)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randint(-1, 2, p.shape, generator=g).float())
+    x = torch.randint(-1, 2, (1, 10, 5), generator=g).float()
+    trace = tinymoe.Trace()
+    attn(x, trace)
+    e = viz.AttentionExplorer(seq_len=10, d_model=5, d_k=3, d_v=4, start_from=attn, start_inputs=x)
+    np.testing.assert_allclose(e.heatmap_data, trace["attn.weights"][0, 0].numpy(), atol=1e-3)
+    assert "attn.q" in e.shapes
+    e.set(seq_len=12)                                                  # more tokens: the first ten stay the sheet's
+    np.testing.assert_allclose(e.heatmap_data[:10, :10], trace["attn.weights"][0, 0].numpy(), atol=1e-3)
+    e.set(d_k=4)                                                       # other sizes: seeded weights, no error
+    assert e.error is None and e.shapes["attn.q"] == (1, 1, 12, 4)

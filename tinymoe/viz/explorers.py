@@ -50,6 +50,9 @@ class AttentionExplorer(Explorer):
     are; W_o maps n_heads * d_v back to d_model. Switch position to "rope" and an odd d_k becomes
     impossible (RoPE rotates dimensions in pairs): the message says so and the picture stays.
 
+    start_from=module, start_inputs=x: start from a by-hand section's weights and tokens (used
+    while the sliders' sizes match them), so the first picture equals the sheets above it.
+
     Tick "d_k = d_v = d_model / n_heads" (split_d_model) and the head sizes follow from d_model and
     n_heads, as in most models: then n_heads must divide d_model, and the message says so when it
     does not. (The sliders read head_dim and v_head_dim, the config's names; d_k and d_v are the
@@ -61,8 +64,12 @@ class AttentionExplorer(Explorer):
     def __init__(self, seq_len: int = 10, d_model: int = 5, d_k: int = 3, d_v: int = 3, n_heads: int = 1,
                  causal: bool = True, position: str = "none", seed: int = 0, orientation: str = "pytorch",
                  sheets=("attn.q", "attn.k", "attn.v"), max_cells: int = EXPLORER_CELLS,
-                 split_d_model: bool = False):
+                 split_d_model: bool = False, start_from=None, start_inputs=None):
         self.orientation, self.sheet_names, self.max_cells = orientation, tuple(sheets), max_cells
+        # A by-hand section's module and input: while the sizes match them, the explorer draws
+        # exactly those numbers, so its first picture equals the sheets above it.
+        self.start_state = None if start_from is None else {k: v.detach().clone() for k, v in start_from.state_dict().items()}
+        self.start_inputs = None if start_inputs is None else start_inputs.detach().reshape(1, -1, start_inputs.shape[-1])
         controls = {"seq_len": slider(seq_len, 1, 16), "d_model": slider(d_model, 1, 12),
                     "d_k": slider(d_k, 1, 8, description="head_dim (d_k)"),
                     "d_v": slider(d_v, 1, 8, description="v_head_dim (d_v)"),
@@ -86,9 +93,20 @@ class AttentionExplorer(Explorer):
                            causal=values["causal"], position=values["position"],
                            max_seq_len=self.max_seq_len).validate()
 
+    def _inputs(self, config: ModelConfig, seq_len: int):
+        """The seeded inputs, with the by-hand section's tokens in front when their width fits."""
+        if self.start_inputs is None or self.start_inputs.shape[-1] != config.d_model:
+            return None
+        g = torch.Generator().manual_seed(self.seed + 1)
+        x = torch.randn(1, self.max_seq_len, config.d_model, generator=g)         # (1, max_seq_len, d_model)
+        n = min(self.start_inputs.shape[1], self.max_seq_len)
+        x[:, :n] = self.start_inputs[:, :n]
+        return x[:, :seq_len]
+
     def build(self, values: dict) -> View:
         config = self.config(values)
-        run = traced_forward(config, "attention", values["seq_len"], seed=self.seed)
+        run = traced_forward(config, "attention", values["seq_len"], seed=self.seed,
+                             inputs=self._inputs(config, values["seq_len"]), state=self.start_state)
         trace = run.trace
         names = ("attn.x", "attn.q", "attn.k", "attn.v", "attn.weights", "attn.concat", "attn.out")
         label = " → ".join([

@@ -65,12 +65,16 @@ def build(config: ModelConfig, module: str = "model") -> nn.Module:
 
 @torch.no_grad()
 def traced_forward(config: ModelConfig, module: str = "model", seq_len: int = 10, batch: int = 1,
-                   seed: int = 0, inputs: torch.Tensor | None = None, train: bool = False) -> Run:
+                   seed: int = 0, inputs: torch.Tensor | None = None, train: bool = False,
+                   state: dict | None = None) -> Run:
     """Validate the config, build `module` (one of MODULES) with `seed`, feed it `batch` x
     `seq_len` seeded inputs (token ids for the model, N(0, 1) vectors otherwise; or `inputs`,
     recorded as "<module>.x" when the module does not record its own input) and record
     everything in a Trace. `train=True` runs the module in training mode (a noisy router's noise,
-    seeded). Raises the config's ConfigError for an impossible config."""
+    seeded). `state` (a state_dict, e.g. of the module a notebook just built by hand) replaces the
+    seeded weights when every one of its tensors has the shape this config gives; otherwise the
+    seeded weights stay (a slider moved away from the hand-built sizes). Raises the config's
+    ConfigError for an impossible config."""
     config.validate()
     if inputs is not None:
         batch, seq_len = int(inputs.shape[0]), int(inputs.shape[1])
@@ -82,6 +86,8 @@ def traced_forward(config: ModelConfig, module: str = "model", seq_len: int = 10
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build(config, module).train(train)
+    if state is not None and _fits(net, state):
+        net.load_state_dict(state)
     # The inputs come from their own generator, drawn for the longest sequence and cut to seq_len:
     # adding a token (or a head, which draws more weights) leaves the earlier tokens' numbers alone.
     g = torch.Generator().manual_seed(seed + 1)
@@ -98,3 +104,9 @@ def traced_forward(config: ModelConfig, module: str = "model", seq_len: int = 10
             record(trace, "norm.x", inputs, "input")               # a norm records its statistics, not its input
         net(inputs, trace=trace)
     return Run(config, module, net, inputs, trace, seq_len, batch, seed)
+
+
+def _fits(net: nn.Module, state: dict) -> bool:
+    """True when `state` holds exactly net's tensors, each of the same shape."""
+    own = net.state_dict()
+    return set(own) == set(state) and all(tuple(own[k].shape) == tuple(state[k].shape) for k in own)
