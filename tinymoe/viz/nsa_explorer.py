@@ -31,7 +31,7 @@ import torch
 from ..attention import causal_mask
 from ..config import ModelConfig, SparseAttentionConfig
 from ..nsa import qk_products
-from .explorer import Explorer, View, slider
+from .explorer import EXPLORER_CELLS, EXPLORER_COLUMNS, Explorer, View, slider
 from .forward import traced_forward
 from .html import Html, escape
 from .style import figures_table, shape_text, text
@@ -121,13 +121,15 @@ class NSAExplorer(Explorer):
         queries = [f"q{t}" for t in range(T)]
         if n_blocks:
             cmp_sheet = sheet(trace["attn.cmp.mask"][0, 0], f"attn.cmp.mask (head 0, {n_blocks} compressed keys)",
-                              row_labels=queries, col_labels=[f"c{i}" for i in range(n_blocks)])
+                              row_labels=queries, col_labels=[f"c{i}" for i in range(n_blocks)],
+                              max_cells=EXPLORER_CELLS, max_columns=EXPLORER_COLUMNS, note="rows: queries")
         else:                                                                  # nothing to draw cells for
             cmp_sheet = Html(text(f"<b>attn.cmp.mask</b> ({T}, 0): seq_len={T} &lt; block_size={nsa.block_size}, "
                                   f"no compressed block is complete yet; the cmp branch outputs zeros.", width=260))
         sheets = [cmp_sheet,
                   sheet(trace["attn.sel.block_mask"][0, 0], f"attn.sel.block_mask (kv head 0, top {nsa.top_n})",
-                        row_labels=queries, col_labels=[f"b{j}" for j in range(n_sel)])]
+                        row_labels=queries, col_labels=[f"b{j}" for j in range(n_sel)],
+                        max_cells=EXPLORER_CELLS, max_columns=EXPLORER_COLUMNS, note="rows: queries")]
 
         label = (f"seq_len={T} · cmp: {n_blocks} compressed key{'' if n_blocks == 1 else 's'} "
                  f"(blocks of l={nsa.block_size}, stride d={nsa.stride}) · sel: top {nsa.top_n} of {n_sel} "
