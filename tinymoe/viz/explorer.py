@@ -378,9 +378,9 @@ class Explorer:
                     continue
                 if "min" not in limit and "max" not in limit:
                     continue
-                low = limit.get("min", getattr(control, "min", None))
-                high = limit.get("max", getattr(control, "max", None))
-                high = max(high, low)
+                first, last = _full_range(control)
+                low = max(limit.get("min", first), first)
+                high = max(min(limit.get("max", last), last), low)
                 if high >= control.min:             # move the bounds in an order that never crosses them
                     control.max = high
                     control.min = low
