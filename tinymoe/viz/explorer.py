@@ -469,7 +469,7 @@ class Explorer:
             with self._curve.batch_update():
                 for trace in self._curve.data:
                     x, y = view.curves.get(trace.name, ((), ()))
-                    trace.x, trace.y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+                    trace.x, trace.y = _floats(x), _floats(y)      # lists: see heatmap._json_safe
         self._shape_label.value = (f'<div style="font-family:{MONO};font-size:13px;padding:3px 6px;text-align:left;'
                                    f'background:#f4f4f4;border-radius:3px;overflow-wrap:anywhere">'
                                    f'{escape(view.shape_label)}</div>')
@@ -519,7 +519,7 @@ class Explorer:
                                              xaxis=dict(title=x_title), yaxis=dict(title=y_title),
                                              legend=dict(orientation="h", y=1.12, x=0), plot_bgcolor="white"))
         for i, (label, (x, y)) in enumerate(view.curves.items()):   # later curves dashed: overlaps stay visible
-            figure.add_scatter(x=np.asarray(x, dtype=float), y=np.asarray(y, dtype=float), name=label,
+            figure.add_scatter(x=_floats(x), y=_floats(y), name=label,
                                mode="lines+markers", line=dict(dash="solid" if i == 0 else "dash"),
                                marker=dict(size=5 if i == 0 else 7, symbol="circle" if i == 0 else "circle-open"))
         return figure
@@ -578,6 +578,11 @@ class Explorer:
     def __repr__(self) -> str:
         state = f"error={self.error!r}" if self.error else f"shapes={len(self.view.shapes)}"
         return f"{type(self).__name__}({self.values}, {state})"
+
+
+def _floats(values) -> list:
+    """Numbers to send to a FigureWidget as a plain list (see heatmap._json_safe for why not numpy)."""
+    return [float(v) for v in np.asarray(values, dtype=float).reshape(-1)]
 
 
 def _compact(markup: str) -> str:

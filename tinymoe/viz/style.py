@@ -77,6 +77,5 @@ EXPLORER_CSS = (
 #     widget output's error or "Loading widget..." line, the snapshot below it stands in.
 SNAPSHOT_CSS = (
     "<style>"
-    ".jp-OutputArea-child:has(> .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']"
-    ":not(:has(.tinymoe-explorer))):has(+ .jp-OutputArea-child .tinymoe-snapshot){display:none}"
+    ".jp-OutputArea-child:has(+ .jp-OutputArea-child .tinymoe-snapshot):not(:has(.tinymoe-explorer)){display:none}"
     "</style>")
