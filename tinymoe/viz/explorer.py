@@ -96,6 +96,17 @@ def dropdown(value, options, description: str | None = None, width: str = "200px
                             layout=widgets.Layout(width=width))
 
 
+def _fit_dropdown(control) -> None:
+    """Widen a dropdown so its description and its longest option both show in full (a cut-off
+    "none (drop" reads as another option). About 8 px a character at the widgets' 13 px font."""
+    longest = max((len(str(o[0] if isinstance(o, tuple) else o)) for o in control.options), default=0)
+    needed = 8 * (len(control.description or "") + longest) + 56
+    current = control.layout.width or ""
+    have = int(current[:-2]) if current.endswith("px") and current[:-2].isdigit() else 0
+    if needed > have:
+        control.layout.width = f"{needed}px"
+
+
 def checkbox(value: bool, description: str | None = None, width: str = "110px"):
     import ipywidgets as widgets
     return widgets.Checkbox(value=value, description=description or "", indent=False, style=_style(),
@@ -226,6 +237,8 @@ class Explorer:
                 control.description = name
             if hasattr(control, "min") and hasattr(control, "max"):
                 control._full_range = (control.min, control.max)
+            if isinstance(control, widgets.Dropdown):               # room for the label and the longest option
+                _fit_dropdown(control)
             control.observe(self._on_change, names="value")
         self.error: str | None = None
         self.errors: list[str] = []                       # every rule the controls break now
