@@ -61,6 +61,10 @@ class MoEView(View):
     routing: np.ndarray | None = None                   # (seq_len, n_experts) gate used per token and expert
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _count(n: float) -> str:
     return f"{int(n):,}" if float(n).is_integer() else f"{n:,.1f}"
 
@@ -143,7 +147,7 @@ class MoEExplorer(Explorer):
             routing, capacity = combine, None
             dropped = {"assignments": 0, "tokens": 0}
             turned_away = [0] * E
-            title = f"{T} tokens × {E} experts (soft: summed over each expert's slots)"
+            title = f"{_plural(T, 'token')} × {_plural(E, 'expert')} (soft: summed over each expert's slots)"
         else:
             dropped_ids = torch.where(trace["moe.dropped"], trace["moe.chosen_ids"], -1)  # (N, k)
             routing = routing_matrix(trace["moe.expert_ids"], trace["moe.gates"], E, dropped_ids)  # (T, E)
@@ -153,7 +157,7 @@ class MoEExplorer(Explorer):
             dropped = {"assignments": int(trace["moe.dropped"].sum()),
                        "tokens": int(trace["moe.dropped_tokens"].sum())}
             turned_away = torch.bincount(dropped_ids[dropped_ids >= 0], minlength=E).tolist()   # per expert
-            title = f"{T} tokens (rows) × {E} experts"
+            title = f"{_plural(T, 'token')} (rows) × {_plural(E, 'expert')}"
 
         label = self._label_text(config, trace, T, capacity, dropped, counts)
         notes = self._notes_html(config, load, turned_away, capacity, dropped, counts, T)
