@@ -577,7 +577,7 @@ class Explorer:
             big = [np.repeat(np.repeat(p, f, axis=0), f, axis=1) for p in panels]
             png, _ = heatmap_png(big, width=1, height=1)
             picture.append(f'<div style="font-size:12px;color:#555;margin-top:6px">{escape(self.view.heatmap_title)}</div>'
-                           f'<img alt="heatmap: {escape(_text(self.view.heatmap_title))}" src="{data_uri(png)}">')
+                           f'<img alt="heatmap" title="{escape(_text(self.view.heatmap_title))}" src="{data_uri(png)}">')
         if self._curve is not None:
             from .figure import figure_png
             picture.append(f'<img alt="line chart" src="{data_uri(figure_png(self._curve.to_dict()))}">')
