@@ -42,7 +42,7 @@ viz.shapes_table(first, module="attention")
 #
 # A sheet draws a tensor as a grid with one cell per number (two decimals), its name in bold and
 # its shape (as PyTorch stores it) in the grey box. Computed values are coloured on a diverging
-# scale: white at 0, blue for positive, red for negative, deepest at the largest absolute value in
+# scale: white at 0, blue for positive, orange for negative, deepest at the largest absolute value in
 # the tensor. Rows and columns are labelled: `t` for tokens, `d` for features.
 
 # %%
@@ -54,11 +54,13 @@ viz.sheet(scores, "a tensor")
 # %% [markdown]
 # ## Colour roles
 #
-# A cell's fill says what kind of number it holds, as in the hand-built attention spreadsheets.
-# **Trainable weights are shaded red** (so the parameter count of a model is exactly the number
-# of red cells), **biases grey**, **inputs gold**, **outputs blue**; activations (computed on the
-# way) have no fill of their own and use the diverging scale. A few tables that are computed once and
-# never trained (RoPE's, in notebook 03) are green. Here are all the roles in one small layer,
+# Two questions, two channels. A cell's **border** says what kind of number it holds, as in the
+# hand-built attention spreadsheets: **trainable weights have a red border** (so the parameter count
+# of a model is exactly the number of red-bordered cells), **biases grey**, **inputs gold**,
+# **outputs purple**, activations (computed on the way) a thin light grey; a few tables computed once
+# and never trained (RoPE's, in notebook 03) green. A cell's **fill** says its value, whatever the
+# tensor: blue for positive, orange for negative, white at zero. Ids (which expert, which block) are
+# labels, not amounts: each id gets its own colour. Here are the roles in one small layer,
 # `y = x Wᵀ + b`, from `torch.nn.Linear` with small whole-number weights:
 
 # %%
@@ -76,7 +78,8 @@ viz.column(viz.legend(),
                    viz.sheet(y, "y", role="output")))
 
 # %% [markdown]
-# Count the red and grey cells: 6 + 2 = 8, and that is what PyTorch counts as the layer's parameters.
+# Count the red- and grey-bordered cells: 6 + 2 = 8, and that is what PyTorch counts as the layer's
+# parameters.
 # Every notebook relies on this; notebook 02 checks it on a whole language model.
 
 # %%
@@ -158,8 +161,9 @@ viz.shapes_table(first.replace(n_heads=2), previous=first, module="attention")
 # the explorer rebuilds the module with the same seed, runs it with a trace, and updates the shape
 # line, the sheets, the heatmap and the shapes table in place (changed rows highlighted). A
 # combination the config forbids shows the rule it breaks in a red line and keeps the last good
-# picture. Run the notebook (Run ▸ Run All Cells) to get live sliders; a notebook opened without
-# running shows no widget.
+# picture, greyed out and marked stale. Run the notebook (Run ▸ Run All Cells) to get live sliders;
+# a notebook opened without running (or saved and reopened, or exported to HTML) shows a static
+# snapshot of the explorer's last picture instead.
 
 # %% tags=["nbval-ignore-output"]
 explorer = viz.AttentionExplorer(seq_len=10, d_model=5, d_k=3, d_v=3, n_heads=1)

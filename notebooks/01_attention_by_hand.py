@@ -47,7 +47,7 @@ viz.shapes_table(config, module="attention")
 # Attention starts from one vector per token (notebook 02 shows where they come from: an embedding
 # table). PyTorch stores them as `(batch, seq_len, d_model) = (1, 10, 5)`, one token per **row**.
 # The hand-built sheets turn this around and put one token per **column**, so that a product reads
-# `Q = W_q · X`; we do the same here. The input is gold; entries of −1, 0 and 1 keep the arithmetic
+# `Q = W_q · X`; we do the same here. The input has a gold border; entries of −1, 0 and 1 keep the arithmetic
 # readable.
 
 # %%
@@ -61,7 +61,7 @@ viz.row(viz.sheet(x, "X", role="input", orientation="by_hand"),
 # A query says what a token is looking for. It is a linear map of the token's vector: the weight
 # `W_q` has one row per query dimension (`d_k = 3`) and one column per input dimension
 # (`d_model = 5`). Laid out by hand, `W_q` sits on the left, `X` on top, and each cell of `Q` is
-# where a row of `W_q` meets a column of `X`: their dot product. `W_q` is shaded red because it is
+# where a row of `W_q` meets a column of `X`: their dot product. `W_q` has a red border because it is
 # trainable: these 15 cells are 15 of the layer's parameters. (A trained model learns them; we type in
 # small whole numbers so every product can be checked by eye.)
 
@@ -119,7 +119,7 @@ print("d_k = 3, d_v = 4 -> out", tuple(out_v4.shape), "| d_k = 3, d_v = 2 -> out
 # well each token's question matches each token's offer. Laid out by hand it is again "left times
 # top": `Q` (one query per row) on the left, `Kᵀ` (one key per column) on top, each product where a
 # query's row meets a key's column. Both operands are computed, not trained, so neither is shaded.
-# Then every score is divided by `√d_k = √3` (right). We compute it by hand and check the core's
+# Then every score is divided by `√d_k = √3` (the sheet beside it, or below on a narrow screen). We compute it by hand and check the core's
 # `attn.scores` agrees.
 
 # %%
@@ -284,10 +284,16 @@ viz.walk(trace, names=["attn.x", "attn.q", "attn.k", "attn.v", "attn.weights", "
 # The explorer holds a config and re-runs the same core module whenever a slider moves: change
 # `seq_len`, `d_model`, `d_k`, `d_v`, the number of heads or the causal switch, and the shape label,
 # the sheets and the heatmap update. Try `d_v` first: only `attn.v` and the output change shape.
-# (Run the notebook to get live sliders.)
+# It starts from the module and the tokens above (`start_from=attn, start_inputs=x`), so its first
+# picture is the one you just checked by hand; a size that no longer fits them draws seeded random
+# weights instead. (Run the notebook to get live sliders.)
 
 # %% tags=["nbval-ignore-output"]
-viz.AttentionExplorer(seq_len=10, d_model=5, d_k=3, d_v=4, n_heads=1, orientation="by_hand")
+explorer = viz.AttentionExplorer(seq_len=10, d_model=5, d_k=3, d_v=4, n_heads=1, orientation="by_hand",
+                                 start_from=attn, start_inputs=x)
+torch.testing.assert_close(torch.as_tensor(explorer.heatmap_data, dtype=torch.float32), trace["attn.weights"][0, 0],
+                           atol=1e-3, rtol=0)                            # its first picture: the one above
+explorer
 
 # %% [markdown]
 # ## At a larger size

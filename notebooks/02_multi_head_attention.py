@@ -21,7 +21,7 @@
 # - concatenate heads whose value sizes differ (5, 3, 3 → 11) and project back to `d_model`;
 # - say when the output projection `W_o` could be skipped, and why it usually cannot;
 # - show that growing the vocabulary touches only the embedding and the last layer;
-# - count the shaded (trainable) cells of a model and get its parameter count.
+# - count the red-bordered (trainable) cells of a model and get its parameter count.
 #
 # **Where we are.** The attention layer of notebook 01 with one head: `d_model = 5`, `d_k = 3`,
 # ten tokens, no positions yet (notebook 03).
@@ -82,7 +82,8 @@ attn(x, trace)
 q_head1 = x[0] @ attn.W_q.weight[3:6].T                                  # (10, 3): head 1's rows only
 torch.testing.assert_close(q_head1, trace["attn.q"][0, 1])               # attn.q is (batch, head, seq, head_dim)
 print("head 1 by hand == attn.q[:, 1]")
-viz.row(viz.show(trace, "attn.W_q", row_labels=[f"h{h}·q{i}" for h in range(3) for i in range(3)]),
+viz.row(viz.sheet(x, "x", role="input", orientation="by_hand"),
+        viz.show(trace, "attn.W_q", row_labels=[f"h{h}·q{i}" for h in range(3) for i in range(3)]),
         viz.show(trace, "attn.q", orientation="by_hand"))
 
 # %% [markdown]
@@ -202,10 +203,10 @@ assert [p for p in before if before[p] != after[p]] == ["embed", "lm_head", "tot
 viz.shapes_table(model_config.replace(vocab_size=32), previous=model_config)
 
 # %% [markdown]
-# ## Count the shaded cells
+# ## Count the red-bordered cells
 #
-# In every sheet, trainable weights are shaded red, and nothing else is. So the parameter count of a
-# model is exactly the number of red cells a reader could count. Here are the four weights of the
+# In every sheet, trainable weights have a red border, and nothing else does. So the parameter count
+# of a model is exactly the number of red-bordered cells a reader could count. Here are the four weights of the
 # unequal-heads layer: 45 + 45 + 55 + 55 cells.
 
 # %%

@@ -85,7 +85,11 @@ viz.row(viz.sheet(x, "x", role="input", row_labels=tokens), viz.show(trace_mlp, 
 experts = [mlp] + [integer_weights(copy.deepcopy(mlp)) for _ in range(2)]   # expert 0 is the original
 with torch.no_grad():
     expert_out = torch.stack([expert(x[0]) for expert in experts])          # (n_experts, seq_len, d_model)
-viz.row(*(viz.sheet(expert_out[e], f"expert {e}: y{e}", row_labels=tokens) for e in range(3)))
+# Experts 1 and 2's own weights (expert 0's are above), so every output below can be checked by hand.
+viz.column(*(viz.row(*(viz.sheet(getattr(experts[e], w).weight, f"expert {e}: {name}", role="weight")
+                       for w, name in (("w_gate", "W_gate"), ("w_up", "W_up"), ("w_down", "W_down"))))
+               for e in (1, 2)),
+           viz.row(*(viz.sheet(expert_out[e], f"expert {e}: y{e}", row_labels=tokens) for e in range(3))))
 
 # %% [markdown]
 # ## Add them with equal weight
@@ -358,9 +362,9 @@ for mode in ("train", "eval"):
         runs[mode].append(trace_noisy["moe.expert_ids"][:, 0])
     runs[mode] = torch.stack(runs[mode])                                 # (4 runs, seq_len)
 viz.row(viz.sheet(runs["train"], "expert chosen, 4 runs in training", row_labels=["run 0", "run 1", "run 2", "run 3"],
-                  col_labels=tokens),
+                  col_labels=tokens, note="rows: runs, columns: tokens", categorical=True),
         viz.sheet(runs["eval"], "4 runs in evaluation", row_labels=["run 0", "run 1", "run 2", "run 3"],
-                  col_labels=tokens))
+                  col_labels=tokens, note="rows: runs, columns: tokens", categorical=True))
 
 # %% [markdown]
 # ## Expert choice: the experts pick their tokens
@@ -499,10 +503,10 @@ explorer.set(router="switch")
 print("error:", explorer.error)
 explorer.set(top_k=1)
 print(explorer.shape_label)
-print("load:", explorer.expert_load, "| capacity:", explorer.capacity, "| dropped:", explorer.dropped)
+print("load:", explorer.view.expert_load, "| capacity:", explorer.view.capacity, "| dropped:", explorer.view.dropped)
 explorer.set(n_experts=8, top_k=2, router="softmax_topk", capacity_factor=1.25, seq_len=32)
 print(explorer.shape_label)
-print("load:", explorer.expert_load, "| dropped:", explorer.dropped)
+print("load:", explorer.view.expert_load, "| dropped:", explorer.view.dropped)
 
 # %% [markdown]
 # ## The same code at a larger size
@@ -538,6 +542,12 @@ most = token_ids.reshape(-1) == 0                                        # the m
 kept_ids = ids_big[most]
 print(f"token id 0 is {int(most.sum())} of the 1024 tokens; its copies use experts "
       f"{kept_ids[kept_ids >= 0].unique().tolist()} and {int((kept_ids < 0).sum())} of its assignments were dropped")
+seats, load_big = int(trace_big["moe.capacity"]), trace_big["moe.expert_load"].tolist()
+full = [e for e, n in enumerate(load_big) if n == seats]
+share = float(most.float().mean())
+# The text below quotes these figures: the asserts keep it true if the core changes.
+assert (full, seats, int(trace_big["moe.dropped"].sum())) == ([4, 6], 320, 243), (full, seats)
+assert round(100 * share) == 17 and round(float(trace_big["moe.load_balancing_loss"]), 2) == 1.05
 viz.heatmap(torch.stack([gates_used[:64], trace_big["moe.router_probs"][:64]]),
             title="sequence 0, tokens 0-63 (rows) × 8 experts: gates used | router_probs",
             panel_names=["gates used", "router_probs"], width=520, height=420)
@@ -551,19 +561,20 @@ viz.heatmap(torch.stack([gates_used[:64], trace_big["moe.router_probs"][:64]]),
 #
 # Capacity is shared by the whole batch, and seats go in a fixed order: every token's first choice
 # is seated before any token's second choice (so a second opinion never pushes out a first), each in
-# token order. The load per sequence, after capacity, shows it: expert 4's last seats go to second
-# choices from sequences 0 and 1, expert 6 fills up during sequence 6, and later sequences find
-# them full.
+# token order. The load per sequence, after capacity, shows it: the cell prints the sequence in
+# which each full expert took its last seat; the sequences after it find that expert full.
 
 # %%
+filled = {e: int((per_sequence[:, e].cumsum(0) >= seats).nonzero()[0]) for e in full}
+print("sequence in which each full expert took its last seat:", filled)
 viz.heatmap(per_sequence.T, title="assignments per expert (rows) in each of the 8 sequences (columns)",
             width=520, height=260)
 
 # %% [markdown]
 # The three dispatch backends agree at this size too. And the count that makes MoE worth it, at the
 # size of Mixtral 8x7B (`d_model = 4096`, 32 layers, 8 experts of `d_ff = 14336`, top-2), built on
-# PyTorch's `meta` device (shapes, no memory): 46.7 billion parameters, of which a token uses 12.9
-# billion.
+# PyTorch's `meta` device (shapes, no memory): the cell prints its 46.7 billion parameters, of which
+# a token uses 12.9 billion (and asserts those two figures, so this sentence stays true).
 
 # %%
 with torch.no_grad():
@@ -579,6 +590,7 @@ total = tm.parameter_counts(mixtral_model)["total"]["trainable"]
 layer_counts = tm.moe.moe_parameter_counts(mixtral)                      # one MoE layer
 active = total - mixtral.n_layers * (layer_counts["total"] - layer_counts["active"])
 print(f"Mixtral-sized: {total / 1e9:.1f} B parameters, {active / 1e9:.1f} B active per token")
+assert (round(total / 1e9, 1), round(active / 1e9, 1)) == (46.7, 12.9)
 print(f"one MoE layer: router {layer_counts['router']:,} + 8 experts × {layer_counts['expert']:,}"
       f" = {layer_counts['total']:,}; active {layer_counts['active']:,}")
 
@@ -595,5 +607,7 @@ print(f"one MoE layer: router {layer_counts['router']:,} + 8 experts × {layer_c
 # %%
 moe_block = dense.replace(moe=tm.MoEConfig(n_experts=3, top_k=2))
 counts = tm.moe.moe_parameter_counts(moe_block)
-print(f"dense ffn: 60 parameters | MoE: {counts['total']} in total, {counts['active']} active per token")
+dense_ffn = tm.moe.moe_parameter_counts(moe_block)["expert"]              # the dense MLP = one expert's size
+print(f"dense ffn: {dense_ffn} parameters | MoE: {counts['total']} in total, {counts['active']} active per token")
+assert (dense_ffn, counts["total"], counts["active"]) == (60, 195, 135)   # the figures the text quotes
 viz.shapes_table(moe_block, previous=dense, module="block")

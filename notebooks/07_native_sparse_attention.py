@@ -401,7 +401,7 @@ explorer.set(select_block_size=4)
 print(explorer.shape_label)
 explorer.set(seq_len=64, block_size=4, stride=4, select_block_size=4, top_n=4, window=4)
 print(explorer.shape_label)
-print("masks:", {b: tuple(m.shape) for b, m in explorer.masks.items()}, "| counts:", explorer.counts)
+print("masks:", {b: tuple(m.shape) for b, m in explorer.view.masks.items()}, "| counts:", explorer.view.counts)
 
 # %% [markdown]
 # ## The same code at a larger size

@@ -278,7 +278,7 @@ print(f"characters trained on: {steps * batch_size * seq_len:,} = {steps * batch
 # ## Expert load over training
 #
 # Each row is one recorded step, each column an expert; the colour is the expert's share of the
-# layer's top-2 slots minus the fair share `1/4` (blue: more than its share, red: less), four columns per layer for
+# layer's top-2 slots minus the fair share `1/4` (blue: more than its share, orange: less), four columns per layer for
 # experts 0 to 3. In the first steps, while the rest of the model changes fast, the shares swing;
 # the load-balancing loss keeps pulling them back toward 25%. Where they settle is not exact
 # balance: an expert that is better at some characters keeps more of them.

@@ -23,6 +23,11 @@
 # - explain why the buffers are sized for the worst case, and why the combine has no atomics;
 # - switch the layer to `dispatch="triton"` and check it against the PyTorch paths.
 #
+# This notebook has no explorer of its own: what it shows are kernel stages at fixed launch sizes,
+# not a config to move. To move the same routing (experts, top-k, capacity, router), use notebook
+# 06's `MoEExplorer`; the kernels here compute exactly its picture (this notebook checks them
+# against the PyTorch paths).
+#
 # **Without a GPU** every kernel here runs in Triton's *interpreter*, which executes the same
 # kernel code with numpy on the CPU: same numbers, far slower. The interpreter cannot multiply
 # bfloat16 matrices (numpy has no bfloat16), so on the CPU we use float32 (float16 works too).
@@ -62,9 +67,9 @@ with torch.no_grad():
     logits = router.logits(x)                                            # (n_tokens, n_experts)
 routing = K.triton_route(logits, top_k, block_tokens=4)
 slots = [f"slot {j}" for j in range(top_k)]
-viz.row(viz.sheet(router.weight, "W_router", role="weight"),
+viz.row(viz.sheet(x, "x", role="input"), viz.sheet(router.weight, "W_router", role="weight"),
         viz.sheet(logits, "router logits"),
-        viz.sheet(routing.expert_ids, "expert_ids", col_labels=slots),
+        viz.sheet(routing.expert_ids, "expert_ids", col_labels=slots, categorical=True),
         viz.sheet(routing.weights, "gate weights", col_labels=slots))
 
 # %% [markdown]

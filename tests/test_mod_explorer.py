@@ -43,9 +43,9 @@ def test_every_control_value_draws_without_error(explorer):
 def test_display_shows_the_live_widget_and_a_static_snapshot():
     from test_explorer_snapshot import _displayed_bundle      # the shared display helper
     explorer = MoDExplorer(seq_len=8)
-    bundle = _displayed_bundle(explorer)
+    bundle, snapshot = _displayed_bundle(explorer)                 # two outputs: the widget, then its snapshot
     assert "application/vnd.jupyter.widget-view+json" in bundle
-    html = bundle["text/html"]
+    html = snapshot["text/html"]
     assert "<script" not in html and 'alt="heatmap"' in html, "the snapshot needs the layers x tokens picture"
     assert "FLOPs" in html
 

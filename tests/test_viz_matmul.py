@@ -97,20 +97,25 @@ def fills(html: str) -> list[str]:
     return re.findall(r'<td style="border:1px solid [^"]*?background:(#[0-9a-f]{6})">', html)
 
 
-def test_default_roles_shade_the_weight_and_the_input():
-    from tinymoe.viz.palette import ROLE_FILL
+def borders(html: str) -> list[str]:
+    """The border colour of every numbered cell, in document order (top operand, left, result)."""
+    return re.findall(r'<td style="border:\dpx solid (#[0-9a-f]{6});padding', html)
+
+
+def test_default_roles_mark_the_weight_and_the_input():
+    from tinymoe.viz.palette import ROLE_EDGE
     W, X = operands()
-    colours = fills(viz.matmul_sheet(W, X).html)
-    top, left = colours[:5 * 6], colours[5 * 6:5 * 6 + 3 * 5]
-    assert set(top) == {ROLE_FILL["input"]} and set(left) == {ROLE_FILL["weight"]}, \
-        f"by default X is shaded as the input and W as trainable; got {set(top)} and {set(left)}"
+    edges = borders(viz.matmul_sheet(W, X).html)
+    top, left = edges[:5 * 6], edges[5 * 6:5 * 6 + 3 * 5]
+    assert set(top) == {ROLE_EDGE["input"]} and set(left) == {ROLE_EDGE["weight"]}, \
+        f"by default X is bordered as the input and W as trainable; got {set(top)} and {set(left)}"
     explicit = viz.matmul_sheet(W, X, roles=("weight", "input", "activation")).html
     assert explicit == viz.matmul_sheet(W, X).html, "the default roles should draw exactly today's sheet"
 
 
 def test_a_product_of_two_activations_shades_nothing_as_trainable():
     """Q Kᵀ laid out by hand in the PyTorch layout: Q left, Kᵀ on top, the scores where they meet."""
-    from tinymoe.viz.palette import ROLE_FILL
+    from tinymoe.viz.palette import ROLE_EDGE
     g = torch.Generator().manual_seed(1)
     q, k = torch.randn(4, 3, generator=g), torch.randn(5, 3, generator=g)
     scores = q @ k.T                                                     # (4 queries, 5 keys)
@@ -120,8 +125,8 @@ def test_a_product_of_two_activations_shades_nothing_as_trainable():
     np.testing.assert_allclose(m.result, scores.numpy())
     assert blocks(m.html) == ["K.T", "Q", "scores"], f"Kᵀ on top, Q left, scores between; got {blocks(m.html)}"
     assert "trainable" not in m.html, "no operand of Q Kᵀ is a trainable parameter"
-    assert ROLE_FILL["weight"] not in fills(m.html) and ROLE_FILL["input"] not in fills(m.html), \
-        "activations take the diverging scale, not the weight's or the input's shade"
+    assert ROLE_EDGE["weight"] not in borders(m.html) and ROLE_EDGE["input"] not in borders(m.html), \
+        "activations have the activation's border, not the weight's or the input's"
     assert "Q left, K.T on top" in m.html and "input left, weight" not in m.html, \
         "the layout line should name the operands, not call them input and weight"
     assert ">q3<" in m.html and ">k4<" in m.html, "the given labels should name the queries and the keys"

@@ -11,9 +11,9 @@ import torch
 
 import tinymoe
 from tinymoe import viz
-from tinymoe.viz.palette import ROLE_FILL
+from tinymoe.viz.palette import CATEGORY_COLOURS, ROLE_EDGE, hex_colours
 
-CELL = re.compile(r'<td style="border:1px solid [^"]*?background:(#[0-9a-f]{6})">([^<]*)</td>')
+CELL = re.compile(r'<td style="border:\dpx solid [^"]*?background:(#[0-9a-f]{6})">([^<]*)</td>')
 
 
 def data_cells(html: str) -> list[tuple[str, str]]:
@@ -80,27 +80,48 @@ def test_masks_and_token_ids_are_written_as_integers():
     assert tokens.panels[0].shape == (1, 3), "token ids (1, T) should drop the batch and read as one row"
 
 
-@pytest.mark.parametrize("role", ["weight", "bias", "input", "output", "buffer"])
-def test_role_colours_every_cell(role):
-    cells = data_cells(viz.sheet(torch.randn(3, 4), "t", role=role).html)
+BORDER = re.compile(r'<td style="border:(\d)px solid (#[0-9a-f]{6});padding')
+
+
+@pytest.mark.parametrize("role", ["weight", "bias", "input", "output", "buffer", "activation"])
+def test_the_border_says_the_role_and_the_fill_says_the_value(role):
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    html = viz.sheet(x, "t", role=role).html
+    cells = data_cells(html)
     assert len(cells) == 12
-    colours = {c for _, c in cells}
-    assert colours == {ROLE_FILL[role]}, f"role {role} should shade every cell {ROLE_FILL[role]}, got {colours}"
+    borders = set(BORDER.findall(html))
+    assert {edge for _, edge in borders} == {ROLE_EDGE[role]}, f"role {role}: borders {borders}"
+    expected = list(hex_colours(x.numpy()).reshape(-1))
+    assert [c for _, c in cells] == expected, f"role {role}: the fill should be the value's colour"
 
 
-def test_role_colours_are_distinct():
-    fills = [ROLE_FILL[r] for r in ("weight", "bias", "input", "output", "buffer", "activation")]
-    assert len(set(fills)) == len(fills), f"two roles share a colour: {fills}"
+def test_role_borders_are_distinct_and_none_is_a_value_colour():
+    edges = [ROLE_EDGE[r] for r in ("weight", "bias", "input", "output", "buffer", "activation")]
+    assert len(set(edges)) == len(edges), f"two roles share a border colour: {edges}"
+    r, g, b = rgb(ROLE_EDGE["weight"])
+    assert r > 150 and g < 100 and b < 100, f"trainable weights are marked red: {ROLE_EDGE['weight']}"
 
 
-def test_activation_is_blue_for_positive_red_for_negative_white_at_zero():
+def test_activation_is_blue_for_positive_orange_for_negative_white_at_zero():
     cells = dict((t, c) for t, c in data_cells(viz.sheet(torch.tensor([2.5, -2.5, 0.0, 1.25]), "a").html))
     r, g, b = rgb(cells["2.50"])
     assert b > r, f"+max should be blue, got {cells['2.50']}"
     r, g, b = rgb(cells["-2.50"])
-    assert r > b, f"-max should be red, got {cells['-2.50']}"
+    assert r > g > b, f"-max should be orange (red is kept for 'trainable'), got {cells['-2.50']}"
     assert cells["0.00"] == "#ffffff", f"zero should be white, got {cells['0.00']}"
     assert sum(rgb(cells["1.25"])) > sum(rgb(cells["2.50"])), "a smaller value should be a lighter blue"
+
+
+def test_ids_get_categorical_colours_not_the_numeric_scale():
+    ids = torch.tensor([[0, 2, 1], [2, -1, 0]])
+    cells = data_cells(viz.sheet(ids, "moe.expert_ids").html)
+    colours = {text: colour for text, colour in cells}
+    assert colours["0"] == CATEGORY_COLOURS[0] and colours["1"] == CATEGORY_COLOURS[1] and colours["2"] == CATEGORY_COLOURS[2]
+    assert colours["-1"] == "#ffffff", "no expert (-1) stays blank"
+    amounts = data_cells(viz.sheet(ids, "counts").html)
+    assert {c for _, c in amounts} != set(colours.values()), "a tensor of amounts keeps the numeric scale"
+    with pytest.raises(ValueError, match="whole-number ids"):
+        viz.sheet(torch.randn(2, 2), "gates", categorical=True)
 
 
 def test_caption_has_name_role_and_shape():

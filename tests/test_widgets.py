@@ -90,17 +90,52 @@ def test_rope_curves_show_only_relative_position_matters():
 
 # ---- impossible combinations -------------------------------------------------------------------------
 
-def test_impossible_combination_shows_the_config_message_and_keeps_the_last_picture():
-    e = viz.GQAExplorer(n_heads=4, n_kv_heads=2)
+def test_impossible_combination_shows_every_rule_and_keeps_the_last_picture_marked_stale():
+    e = viz.AttentionExplorer(d_model=6, d_k=3, n_heads=2)
     label, data, shapes = e.shape_label, e.heatmap_data.copy(), e.shapes
-    e.set(n_kv_heads=3)
-    assert e.error is not None and "n_kv_heads=3" in e.error, f"error should name the rule: {e.error!r}"
-    assert "n_kv_heads=3" in e.status, f"the message should be on screen: {e.status!r}"
-    assert e.values["n_kv_heads"] == 3, "the slider stays where the reader put it"
+    e.set(split_d_model=True, n_heads=4, position="rope")          # 6 / 4 is not whole; nor is an odd d_k rotated
+    assert e.error is not None and "n_heads=4" in e.error, f"error should name the rule: {e.error!r}"
+    assert len(e.errors) == 2 and e.stale, e.errors                # and head_dim 6 // 4 = 1 is odd for RoPE
+    assert "even" in e.errors[1], e.errors
+    assert "n_heads=4" in e.status and "stale" in e.status, f"the message and the stale mark should be on screen: {e.status!r}"
+    assert "n_heads=2" in e.status, f"the status should say which settings the picture still shows: {e.status!r}"
+    assert "tinymoe-stale" in e._picture._dom_classes
+    assert e.values["n_heads"] == 4, "the slider stays where the reader put it"
     assert e.shape_label == label and e.shapes == shapes, "the last good shapes should stay up"
     np.testing.assert_array_equal(e.heatmap_data, data, err_msg="the last good heatmap should stay up")
-    e.set(n_kv_heads=1)
-    assert e.error is None and e.status == "", "a possible value should clear the message"
+    e.set(n_heads=3)                                                   # 6 / 3 = 2: whole and even
+    assert e.error is None and e.status == "" and not e.stale, "a possible value should clear the message"
+    assert "tinymoe-stale" not in e._picture._dom_classes
+    assert e.shapes["attn.q"] == (1, 3, 10, 2), "d_k follows d_model / n_heads"
+
+
+def test_every_broken_rule_is_listed_not_only_the_first():
+    e = viz.AttentionExplorer(d_model=6, d_k=2, n_heads=2)
+    e.set(split_d_model=True, d_model=5, position="rope")           # 5 / 2 is not whole
+    assert any("not divisible by n_heads" in m for m in e.errors), e.errors
+    e.set(split_d_model=False, d_k=3, d_v=3)                         # RoPE with an odd head_dim
+    assert len(e.errors) == 1 and "even" in e.errors[0], e.errors
+    moe = viz.MoEExplorer()
+    # the config itself, with two rules broken at once: each is found by asking the config
+    rules = moe.broken_rules({**moe.values, "router": "switch", "top_k": 2, "capacity_factor": 0.0})
+    assert [r.field for r in rules] == ["moe.top_k", "moe.capacity_factor"], [str(r) for r in rules]
+
+
+def test_gqa_offers_only_the_divisors_of_n_heads():
+    e = viz.GQAExplorer(n_heads=4, n_kv_heads=2)
+    assert control_options(e, "n_kv_heads") == [1, 2, 4]
+    with pytest.raises(ValueError, match="n_kv_heads=3 is not one of the options .* must divide n_heads"):
+        e.set(n_kv_heads=3)
+    e.set(n_heads=6)
+    assert control_options(e, "n_kv_heads") == [1, 2, 3, 6] and e.values["n_kv_heads"] == 2 and e.error is None
+    e.set(n_heads=5)                                                   # 2 does not divide 5: the nearest divisor
+    assert e.values["n_kv_heads"] == 1 and e.error is None, (e.values, e.error)
+    e.set(n_heads=8, n_kv_heads=4)                                     # checked against the new n_heads' divisors
+    assert e.values == {"n_heads": 8, "n_kv_heads": 4, "seq_len": 8}
+
+
+def control_options(e, name):
+    return [o[1] if isinstance(o, tuple) else o for o in e.controls[name].options]
 
 
 def test_a_reader_moving_a_control_never_gets_a_traceback():
@@ -131,6 +166,39 @@ def test_set_refuses_values_a_control_cannot_hold():
     assert e.values["seq_len"] == 10, "a refused set must not move anything"
 
 
+@pytest.mark.parametrize("make, values, words", [
+    (lambda: viz.AttentionExplorer(), dict(seq_len=4, causal="yes"), ["causal='yes'", "True or False"]),
+    (lambda: viz.AttentionExplorer(), dict(seq_len=4.5), ["seq_len=4.5", "whole number"]),
+    (lambda: viz.AttentionExplorer(), dict(d_model=10 ** 30), ["d_model=", "range"]),
+    (lambda: viz.AttentionExplorer(), dict(position=None), ["position=None", "options"]),
+    (lambda: viz.GQAExplorer(), dict(n_kv_heads="2"), ["n_kv_heads='2'", "options"]),
+    (lambda: viz.RopeExplorer(), dict(base=float("nan")), ["base=nan", "number"]),
+    (lambda: viz.MoEExplorer(), dict(n_experts=2, top_k=3), ["top_k=3", "n_experts"]),
+    (lambda: viz.NSAExplorer(), dict(block_size=2, stride=3), ["stride=3", "block_size"]),
+])
+def test_set_checks_every_value_before_moving_any(make, values, words):
+    e = make()
+    before, picture = e.values, e.shape_label
+    with pytest.raises(ValueError) as info:
+        e.set(**values)
+    for word in words:
+        assert word in str(info.value), f"the message {str(info.value)!r} should say {word!r}"
+    assert e.values == before, f"a refused set moved the controls: {before} -> {e.values}"
+    assert e.shape_label == picture and e.error is None, "a refused set must not redraw"
+
+
+def test_a_failure_that_is_not_a_config_rule_reads_as_a_sentence():
+    class Broken(viz.AttentionExplorer):
+        def build(self, values):
+            if values["seq_len"] == 3:
+                raise OverflowError("int too big to convert")
+            return super().build(values)
+    e = Broken()
+    e.set(seq_len=3)
+    assert e.error.startswith("these settings could not be drawn (seq_len=3"), e.error
+    assert "OverflowError" in e.status and e.stale
+
+
 def test_impossible_starting_values_raise_at_construction():
     with pytest.raises(tinymoe.ConfigError, match="n_kv_heads"):
         viz.GQAExplorer(n_heads=4, n_kv_heads=3)
@@ -152,9 +220,10 @@ def test_walk_every_control_over_its_range_without_an_escaping_exception(name, e
             assert e.shapes and e.shape_label and e.heatmap_data.size, f"{control}={value!r}: nothing shown"
         e.set(**start)
         assert e.error is None, f"back at the start values {start} there should be no error: {e.error}"
-    # each explorer has a lesson in an impossible value: rope on an odd d_k, an odd head_dim, a kv head
-    # count that does not divide n_heads
-    assert errors > 0, f"{name}: the walk met no impossible value, so the error path went untested"
+    # rope on an odd d_k and an odd head_dim are lessons in an impossible value; GQA's n_kv_heads
+    # list holds only divisors of n_heads, so it has none left
+    if name != "gqa":
+        assert errors > 0, f"{name}: the walk met no impossible value, so the error path went untested"
 
 
 @pytest.mark.parametrize("name", list(EXPLORERS))
@@ -163,8 +232,16 @@ def test_random_combinations_never_raise_and_always_show_a_consistent_picture(na
     rng = random.Random(0)
     choices = {c: viz.control_values(w) for c, w in e.controls.items()}
     seen_error = seen_ok = 0
+    refused = 0
     for _ in range(40):
-        e.set(**{c: rng.choice(v) for c, v in choices.items()})
+        before = e.values
+        try:
+            e.set(**{c: rng.choice(v) for c, v in choices.items()})
+        except ValueError as error:                                    # a value the others' limits rule out
+            assert "the other settings allow" in str(error), str(error)
+            assert e.values == before, "a refused set must not move anything"
+            refused += 1
+            continue
         if e.error:
             seen_error += 1
             continue
@@ -177,7 +254,8 @@ def test_random_combinations_never_raise_and_always_show_a_consistent_picture(na
             assert e.shapes["attn.k"][1] == e.values["n_kv_heads"]
         else:
             assert e.heatmap_data.shape == (e.n_positions, e.values["head_dim"])
-    assert seen_ok > 0 and seen_error > 0, f"{name}: {seen_ok} good and {seen_error} impossible combinations seen"
+    assert seen_ok > 0 and (seen_error > 0 or refused > 0), \
+        f"{name}: {seen_ok} good, {seen_error} impossible and {refused} refused combinations seen"
 
 
 # ---- drawn in place, reproducible -----------------------------------------------------------------------
@@ -210,10 +288,11 @@ def test_table_marks_what_changed_since_the_last_picture():
 
 
 def test_an_error_does_not_become_the_previous_table():
-    e = viz.GQAExplorer(n_heads=4, n_kv_heads=2)
-    e.set(n_kv_heads=3)                                                # impossible: no new table
-    e.set(n_kv_heads=1)
-    assert e.table.changes == {"n_kv_heads": (2, 1)}, f"should compare with the last good picture: {e.table.changes}"
+    e = viz.AttentionExplorer(d_k=2)
+    e.set(position="rope", d_k=3)                                      # impossible: no new table
+    e.set(d_k=4)
+    assert e.table.changes == {"position": ("none", "rope"), "head_dim": (2, 4)}, \
+        f"should compare with the last good picture: {e.table.changes}"
 
 
 def test_medium_sizes_summarise_sheets_instead_of_tabulating():
@@ -280,3 +359,23 @@ def test_every_explorer_is_exported_from_viz():
     assert viz.NormExplorer is NormExplorer and "NormExplorer" in viz.__all__, "notebook 04 uses viz.NormExplorer()"
     for name in ("AttentionExplorer", "RopeExplorer", "GQAExplorer", "NormExplorer", "NSAExplorer", "MoEExplorer"):
         assert name in viz.__all__ and name in viz.__doc__, f"{name} should be exported and listed in the docstring"
+
+
+def test_an_explorer_started_from_a_by_hand_module_first_draws_its_numbers():
+    import torch
+    config = tinymoe.ModelConfig(d_model=5, n_heads=1, head_dim=3, v_head_dim=4, position="none", max_seq_len=10)
+    g = torch.Generator().manual_seed(3)
+    attn = tinymoe.MultiHeadAttention(config)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randint(-1, 2, p.shape, generator=g).float())
+    x = torch.randint(-1, 2, (1, 10, 5), generator=g).float()
+    trace = tinymoe.Trace()
+    attn(x, trace)
+    e = viz.AttentionExplorer(seq_len=10, d_model=5, d_k=3, d_v=4, start_from=attn, start_inputs=x)
+    np.testing.assert_allclose(e.heatmap_data, trace["attn.weights"][0, 0].numpy(), atol=1e-3)
+    assert "attn.q" in e.shapes
+    e.set(seq_len=12)                                                  # more tokens: the first ten stay the sheet's
+    np.testing.assert_allclose(e.heatmap_data[:10, :10], trace["attn.weights"][0, 0].numpy(), atol=1e-3)
+    e.set(d_k=4)                                                       # other sizes: seeded weights, no error
+    assert e.error is None and e.shapes["attn.q"] == (1, 1, 12, 4)

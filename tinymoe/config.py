@@ -33,6 +33,7 @@ ROUTERS = ("softmax_topk", "switch", "noisy_topk", "expert_choice", "soft", "sig
 DISPATCHES = ("loop", "dense", "grouped", "triton")
 MOD_KINDS = ("mod", "integrated")
 MOD_WEIGHTS = ("sigmoid", "logit", "one")
+ATTENTION_BACKENDS = ("eager", "flash", "flash_triton")
 
 
 def _positive_int(name: str, value) -> None:
@@ -307,6 +308,8 @@ class ModelConfig:
     attn_temperature_tuning  on NoPE layers scale q by 1 + attn_scale * log1p(floor((pos + 1) / floor_scale))
     floor_scale, attn_scale  the temperature tuning's constants (Llama 4: 8192, 0.1)
     mod          Mixture-of-Depths settings (MoDConfig), or None for a model without token routing
+    attention_backend  eager (weights materialised, traced) | flash (tiled PyTorch, tinymoe.flash) |
+                 flash_triton (the Triton kernel, tinymoe.kernels.flash_attention); same numbers
     """
 
     vocab_size: int = 32
@@ -339,6 +342,7 @@ class ModelConfig:
     floor_scale: float = 8192.0
     attn_scale: float = 0.1
     mod: MoDConfig | None = None
+    attention_backend: str = "eager"
 
     # ---- derived sizes (read these, not the raw fields) -------------------------------
     @property
@@ -469,6 +473,15 @@ class ModelConfig:
                 raise ConfigError("mod.kind", "integrated",
                                   f"needs a token-choice router (a token picks the no-op expert); "
                                   f"moe.router={self.moe.router!r} is not one")
+        _one_of("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        if self.attention_backend != "eager":
+            if self.attention == "native_sparse":
+                raise ConfigError("attention_backend", self.attention_backend,
+                                  "is for dense and sliding-window attention; native sparse attention has its own branches")
+            if len(set(self.v_dims)) > 1:
+                raise ConfigError("attention_backend", self.attention_backend,
+                                  f"needs one value size for every head (v_head_dims={self.v_head_dims}): the flash "
+                                  f"kernels process all heads alike; use 'eager' for unequal value sizes")
         return self
 
     def _validate_llama4(self) -> None:

@@ -100,6 +100,10 @@ class MultiHeadAttention(nn.Module):
         else:
             key_positions = positions                               # the keys are the queries' own tokens
 
+        if self.config.attention_backend != "eager" and (cache is None or not cache.ring):
+            # tiled: no (T, T) weights at all. (A ring buffer's slots are out of position order: eager.)
+            return self._flash_forward(q, k, v, key_padding_mask, trace)
+
         # Each query head reads the kv head of its group: kv head j serves query heads
         # j*group .. (j+1)*group - 1, so repeat each kv head `group` times in place.
         k = k.repeat_interleave(self.group_size, dim=1)             # (B, n_heads, T, head_dim)
@@ -125,6 +129,23 @@ class MultiHeadAttention(nn.Module):
         concat = torch.cat(heads, dim=-1)                           # (B, T, sum(v_dims))
         record(trace, "concat", concat)
         out = self.W_o(concat)                                      # (B, T, d_model)
+        record(trace, "out", out, "output")
+        return out
+
+    def _flash_forward(self, q, k, v, key_padding_mask, trace):
+        """The same attention by tinymoe.flash (config.attention_backend): k and v stay n_kv_heads wide."""
+        from .flash.backend import flash_backend
+        B, _, T, _ = q.shape
+        S = k.shape[2]                                                   # keys: T, or cached + T (the last T)
+        v = v.view(B, S, self.n_kv_heads, self.kv_v_dims[0]).transpose(1, 2)   # (B, n_kv_heads, S, v_dim)
+        sliding = self.config.attention == "sliding_window"
+        causal = self.config.causal or sliding or self.chunk_size is not None   # windows and chunks look back
+        heads = flash_backend(q, k, v, self.config.attention_backend, causal=causal,
+                              window=self.config.window if sliding else None, chunk_size=self.chunk_size,
+                              key_padding_mask=key_padding_mask)       # (B, n_heads, T, v_dim)
+        concat = heads.transpose(1, 2).reshape(B, T, -1)                 # (B, T, n_heads * v_dim)
+        record(trace, "concat", concat)
+        out = self.W_o(concat)                                           # (B, T, d_model)
         record(trace, "out", out, "output")
         return out
 

@@ -41,6 +41,7 @@ EXERCISES = {
     "08_routing_alignment": "ex08_routing_alignment",
     "10_chunked_mask": "ex10_chunked_mask",
     "11_kv_cache_decode": "ex11_kv_cache_decode",
+    "11_flash_merge_softmax": "ex11_flash_merge_softmax",
     "12_mixture_of_depths": "ex12_mixture_of_depths",
 }
 

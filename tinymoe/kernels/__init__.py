@@ -7,6 +7,7 @@
                      projection with the gate weight in the epilogue; the backward's GEMMs
     combine.py       each token's k outputs summed in a fixed order (no atomics)
     autograd.py      all of it as a torch.autograd.Function (the layer trains with it)
+    flash_attention.py  flash attention forward and backward (tinymoe.flash's reference on the GPU)
     api.py           `triton_moe_dispatch` (same signature as tinymoe.moe.dispatch's paths), `triton_route`
 
 Without a GPU the kernels run in Triton's interpreter (numpy on the CPU, slowly): when CUDA is
@@ -27,9 +28,10 @@ from .align import Alignment, align                                          # n
 from .api import interpreted, triton_moe_dispatch, triton_route              # noqa: E402
 from .autograd import TritonMoEDispatch                                      # noqa: E402
 from .combine import combine                                                 # noqa: E402
+from .flash_attention import triton_flash_attention                           # noqa: E402
 from .grouped_gemm import TileConfig, gate_up, grouped_matmul, tile_config, weight_grad   # noqa: E402
 from .router import RouterOutput                                             # noqa: E402
 
 __all__ = ["triton_moe_dispatch", "triton_route", "RouterOutput", "Alignment", "align", "combine",
            "gate_up", "grouped_matmul", "weight_grad", "tile_config", "TileConfig",
-           "TritonMoEDispatch", "interpreted"]
+           "TritonMoEDispatch", "interpreted", "triton_flash_attention"]

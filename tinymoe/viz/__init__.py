@@ -13,13 +13,17 @@ preview on a code-hosting site):
     shapes_table(config, previous=...)  every tensor's shape and module's parameters; what changed
     legend()                            what the colours mean
 Interactive (plotly, ipywidgets):
+    (every plotly figure a notebook shows also carries a PNG of itself for static exports: figure.py)
     heatmap(tensor)                     a plotly heatmap (FigureWidget with widget=True); block-averaged
                                         past (160, 360) values so a stored notebook stays small
     Explorer, View                      the toolkit: controls -> config -> core -> in-place redraw
-    AttentionExplorer, RopeExplorer, GQAExplorer, NormExplorer, NSAExplorer, MoEExplorer, Llama4Explorer, MoDExplorer
+    AttentionExplorer, RopeExplorer, GQAExplorer, NormExplorer, NSAExplorer, MoEExplorer, Llama4Explorer, MoDExplorer,
+    FlashExplorer
 """
+from .figure import figure_png
 from .explorer import Explorer, View, checkbox, control_values, dropdown, log_slider, slider
 from .explorers import AttentionExplorer, GQAExplorer, RopeExplorer
+from .flash_explorer import FlashExplorer
 from .forward import Run, traced_forward
 from .heatmap import heatmap, heatmap_array, update_heatmap
 from .html import Html, column, row
@@ -32,9 +36,17 @@ from .nsa_explorer import NSAExplorer
 from .palette import legend
 from .sheet import Sheet, sheet, show
 from .table import ShapeRow, ShapesTable, shapes_table
+from .style import shape_text
 from .walk import walk
+
+try:                                   # a PNG beside every plotly figure (static exports, previews)
+    from .figure import register as _register_static_png
+    _register_static_png()
+except ImportError:                    # plotly is optional for the sheets
+    pass
 
 __all__ = ["sheet", "show", "Sheet", "matmul_sheet", "MatmulSheet", "walk", "shapes_table", "ShapesTable",
            "ShapeRow", "legend", "heatmap", "heatmap_array", "update_heatmap", "Explorer", "View", "slider",
            "log_slider", "dropdown", "checkbox", "control_values", "AttentionExplorer", "RopeExplorer",
-           "GQAExplorer", "NormExplorer", "Llama4Explorer", "MoDExplorer", "NSAExplorer", "MoEExplorer", "traced_forward", "Run", "Html", "row", "column"]
+           "GQAExplorer", "NormExplorer", "Llama4Explorer", "MoDExplorer", "NSAExplorer", "MoEExplorer", "FlashExplorer",
+           "traced_forward", "Run", "Html", "row", "column", "figure_png", "shape_text"]

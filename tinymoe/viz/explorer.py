@@ -25,9 +25,17 @@ import numpy as np
 from .heatmap import MAX_SIZE, heatmap, update_heatmap
 from .html import escape, row
 from .palette import legend
+from .style import EXPLORER_CSS, MONO, SNAPSHOT_CSS
 from .table import ShapesTable
 
-__all__ = ["Explorer", "View", "slider", "log_slider", "dropdown", "checkbox", "control_values"]
+__all__ = ["Explorer", "View", "slider", "log_slider", "dropdown", "checkbox", "control_values",
+           "EXPLORER_CELLS", "EXPLORER_COLUMNS"]
+
+# What an explorer draws as cells, at most; past these a sheet is a picture. An explorer's controls
+# reach sizes (16 tokens x 4 heads x 8 dims) whose cells would fill screens, and the reader moving a
+# slider wants to see the whole picture change at once.
+EXPLORER_CELLS = 240          # cells per sheet
+EXPLORER_COLUMNS = 24         # columns per grid: wider would run off a laptop screen's right edge
 
 
 @dataclass
@@ -63,12 +71,12 @@ def _style():
     return {"description_width": "initial"}
 
 
-def slider(value: int, min: int, max: int, step: int = 1, description: str | None = None):
+def slider(value: int, min: int, max: int, step: int = 1, description: str | None = None, width: str = "260px"):
     """A whole-number slider (its range stretched to include `value`)."""
     import ipywidgets as widgets
     return widgets.IntSlider(value=value, min=builtins.min(min, value), max=builtins.max(max, value), step=step,
                              description=description or "", continuous_update=False, style=_style(),
-                             layout=widgets.Layout(width="260px"))
+                             layout=widgets.Layout(width=width))
 
 
 def log_slider(value: float, min_exponent: float, max_exponent: float, step: float = 0.25, base: float = 10,
@@ -80,16 +88,29 @@ def log_slider(value: float, min_exponent: float, max_exponent: float, step: flo
                                   readout_format=",.0f", layout=widgets.Layout(width="300px"))
 
 
-def dropdown(value, options, description: str | None = None):
+def dropdown(value, options, description: str | None = None, width: str = "200px"):
+    """A list to choose from; options are values or (label, value) pairs. `width` must hold the
+    description and the longest label (a cut-off label reads as a different option)."""
     import ipywidgets as widgets
     return widgets.Dropdown(value=value, options=list(options), description=description or "", style=_style(),
-                            layout=widgets.Layout(width="200px"))
+                            layout=widgets.Layout(width=width))
 
 
-def checkbox(value: bool, description: str | None = None):
+def _fit_dropdown(control) -> None:
+    """Widen a dropdown so its description and its longest option both show in full (a cut-off
+    "none (drop" reads as another option). About 8 px a character at the widgets' 13 px font."""
+    longest = max((len(str(o[0] if isinstance(o, tuple) else o)) for o in control.options), default=0)
+    needed = 8 * (len(control.description or "") + longest) + 56
+    current = control.layout.width or ""
+    have = int(current[:-2]) if current.endswith("px") and current[:-2].isdigit() else 0
+    if needed > have:
+        control.layout.width = f"{needed}px"
+
+
+def checkbox(value: bool, description: str | None = None, width: str = "110px"):
     import ipywidgets as widgets
     return widgets.Checkbox(value=value, description=description or "", indent=False, style=_style(),
-                            layout=widgets.Layout(width="110px"))
+                            layout=widgets.Layout(width=width))
 
 
 
@@ -100,7 +121,8 @@ def control_values(control) -> list:
         exponents = np.arange(control.min, control.max + control.step / 2, control.step)
         return [float(control.base ** e) for e in exponents]
     if isinstance(control, (widgets.IntSlider, widgets.BoundedIntText)):
-        return list(range(control.min, control.max + 1, control.step))
+        first, last = _full_range(control)
+        return list(range(first, last + 1, control.step))
     if isinstance(control, (widgets.Checkbox, widgets.ToggleButton)):
         return [False, True]
     if hasattr(control, "options"):
@@ -108,20 +130,65 @@ def control_values(control) -> list:
     raise TypeError(f"cannot list the values of a {type(control).__name__}")
 
 
-def _within(control, value) -> str | None:
-    """Why `value` cannot be put on `control` (None if it can)."""
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _option_value(option):
+    """A dropdown option's value: options are values or (label, value) pairs."""
+    return option[1] if isinstance(option, tuple) else option
+
+
+def _coerce(control, value):
+    """A value as the control stores it (numpy ints become ints); anything else is left as is
+    for _within to refuse."""
     import ipywidgets as widgets
+    if isinstance(control, widgets.IntSlider) and isinstance(value, np.integer):
+        return int(value)
+    if isinstance(control, (widgets.FloatLogSlider, widgets.FloatSlider)) and _is_number(value):
+        return float(value)
+    return value
+
+
+def _within(control, value, limit: dict | None = None) -> str | None:
+    """Why `value` cannot be put on `control` (None if it can): the wrong kind of value, outside
+    the slider's range (or the tighter `limit` other controls imply), or not one of the options."""
+    import ipywidgets as widgets
+    limit = limit or {}
+    if isinstance(control, (widgets.Checkbox, widgets.ToggleButton)):
+        return None if isinstance(value, (bool, np.bool_)) else "must be True or False"
     if isinstance(control, widgets.FloatLogSlider):
+        if not _is_number(value) or not np.isfinite(float(value)):
+            return "must be a number"
         low, high = control.base ** control.min, control.base ** control.max
         if not low * (1 - 1e-9) <= value <= high * (1 + 1e-9):
-            return f"outside this slider's range {low:g}..{high:g}"
+            return f"is outside this slider's range {low:g}..{high:g}"
     elif isinstance(control, (widgets.IntSlider, widgets.FloatSlider)):
-        if not control.min <= value <= control.max:
-            return f"outside this slider's range {control.min}..{control.max}"
+        whole = isinstance(control, widgets.IntSlider)
+        if not _is_number(value) or (whole and not isinstance(value, (int, np.integer))):
+            return "must be a whole number" if whole else "must be a number"
+        first, last = _full_range(control)
+        low, high = limit.get("min", first), limit.get("max", last)
+        if not first <= value <= last:
+            return f"is outside this slider's range {first}..{last}"
+        if not low <= value <= high:
+            return f"is outside {low}..{high}, the range the other settings allow{_why(limit)}"
     elif hasattr(control, "options"):
-        if value not in control_values(control):
-            return f"not one of the options {control_values(control)}"
+        options = [_option_value(o) for o in limit["options"]] if "options" in limit else control_values(control)
+        same_kind = [o for o in options if o == value and (_is_number(o) == _is_number(value))]
+        if not same_kind:
+            where = "the options the other settings allow" if "options" in limit else "the options"
+            return f"is not one of {where} {list(options)}{_why(limit)}"
     return None
+
+
+def _full_range(control) -> tuple:
+    """A slider's range before any limit narrowed it (remembered when the explorer was made)."""
+    return getattr(control, "_full_range", (control.min, control.max))
+
+
+def _why(limit: dict) -> str:
+    return f" ({limit['why']})" if limit.get("why") else ""
 
 
 # ---- the base class ------------------------------------------------------------------------------
@@ -168,15 +235,22 @@ class Explorer:
         for name, control in self.controls.items():
             if not getattr(control, "description", None):
                 control.description = name
+            if hasattr(control, "min") and hasattr(control, "max"):
+                control._full_range = (control.min, control.max)
+            if isinstance(control, widgets.Dropdown):               # room for the label and the longest option
+                _fit_dropdown(control)
             control.observe(self._on_change, names="value")
         self.error: str | None = None
-        self.view: View | None = None
+        self.errors: list[str] = []                       # every rule the controls break now
+        self.view: View | None = None                     # the picture on screen (the last possible one)
+        self.shown_values: dict = {}                      # the control values that picture was drawn for
         self.table: ShapesTable | None = None
         self.last_update_seconds = 0.0
-        self._holding = False
+        self._holding = 0
 
+        self._apply_limits(self.values)
         view = self.build(self.values)                       # the starting picture must be possible
-        self._title = widgets.HTML(f'<b style="font-size:15px">{escape(self.title)}</b>')
+        self._title = widgets.HTML(f'{EXPLORER_CSS}<b style="font-size:15px">{escape(self.title)}</b>')
         self._status = widgets.HTML("")
         self._shape_label = widgets.HTML("")
         self._sheets = widgets.HTML("")
@@ -203,12 +277,14 @@ class Explorer:
         controls_box = widgets.HBox(list(self.controls.values()),
                                     layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
         controls_box.add_class("tinymoe-controls")
-        self.widget = widgets.VBox([
-            self._title, controls_box, self._status, self._shape_label, self._sheets,
+        self._picture = widgets.VBox([
+            self._shape_label, self._sheets,
             widgets.HBox([widgets.VBox(figures), widgets.VBox([self._notes, self._table])],
                          layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start")),
-            widgets.HTML(legend().html),
         ])
+        self._picture.add_class("tinymoe-picture")
+        self.widget = widgets.VBox([self._title, controls_box, self._status, self._picture,
+                                    widgets.HTML(legend().html)])
         self.widget.add_class("tinymoe-explorer")
         self._show(view)
 
@@ -267,26 +343,72 @@ class Explorer:
     # -- moving controls ------------------------------------------------------------------------
     def set(self, **values) -> "Explorer":
         """Move controls from code, exactly as a reader would (then one redraw for all of them).
-        A value a control cannot hold (off a slider's range, not an option) is a ValueError."""
+        Every value is checked before any is applied: an unknown control, a value of the wrong
+        kind, off a slider's range (after the limits the other new values imply) or not an option
+        is a ValueError naming the control and the rule, and nothing moves."""
+        unknown = [name for name in values if name not in self.controls]
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no control {unknown[0]!r}; controls: {', '.join(self.controls)}")
+        wanted = {**self.values, **{name: _coerce(self.controls[name], value) for name, value in values.items()}}
+        limits = self.limits(wanted)
+        problems = []
         for name, value in values.items():
-            if name not in self.controls:
-                raise ValueError(f"{type(self).__name__} has no control {name!r}; controls: {', '.join(self.controls)}")
-            why = _within(self.controls[name], value)
+            why = _within(self.controls[name], value, limits.get(name, {}))
             if why:
-                raise ValueError(f"{name}={value!r} is {why}")
+                problems.append(f"{name}={value!r} {why}")
+        if problems:
+            raise ValueError("; ".join(problems))
         with self._hold():
-            for name, value in values.items():
-                self.controls[name].value = value
+            self._apply_limits(wanted)
+            for name in values:
+                self.controls[name].value = wanted[name]
         self._refresh()
         return self
 
+    def limits(self, values: dict) -> dict:
+        """Limits of some controls that depend on the others' values, so that the common
+        impossible moves cannot be made: {name: {"min": .., "max": ..}} for a slider,
+        {name: {"options": [...]}} for a dropdown. Override in an explorer (default: none)."""
+        return {}
+
+    def _apply_limits(self, values: dict) -> None:
+        """Put the limits on the controls (a slider past its new maximum moves down to it, a
+        dropdown whose option went away takes the nearest one), without a redraw per change."""
+        with self._hold():
+            for name, limit in self.limits(values).items():
+                control = self.controls[name]
+                if "disabled" in limit:
+                    control.disabled = bool(limit["disabled"])
+                if "options" in limit:
+                    options = list(limit["options"])
+                    if [_option_value(o) for o in control.options] != [_option_value(o) for o in options]:
+                        value, allowed = control.value, [_option_value(o) for o in options]
+                        if value not in allowed and allowed:
+                            numeric = all(_is_number(v) for v in allowed + [value])
+                            value = min(allowed, key=lambda v: abs(v - value)) if numeric else allowed[0]
+                        control.options = options
+                        control.value = value
+                    continue
+                if "min" not in limit and "max" not in limit:
+                    continue
+                first, last = _full_range(control)
+                low = max(limit.get("min", first), first)
+                high = max(min(limit.get("max", last), last), low)
+                if high >= control.min:             # move the bounds in an order that never crosses them
+                    control.max = high
+                    control.min = low
+                else:
+                    control.min = low
+                    control.max = high
+
     @contextmanager
     def _hold(self):
-        self._holding = True
+        """No redraw per control while several move together (re-entrant)."""
+        self._holding += 1
         try:
             yield
         finally:
-            self._holding = False
+            self._holding -= 1
 
     def _on_change(self, change) -> None:
         if not self._holding:
@@ -296,11 +418,59 @@ class Explorer:
         """Rebuild from the current values; on any error show its message and keep the picture."""
         start = time.perf_counter()
         try:
+            self._apply_limits(self.values)
             view = self.build(self.values)
             self._show(view)
         except Exception as exc:                              # the reader must never see a traceback
             self._show_error(exc)
         self.last_update_seconds = time.perf_counter() - start
+
+    # -- which rules are broken ---------------------------------------------------------------------
+    field_controls: dict = {}        # a config field -> the control that sets it, where the names differ
+
+    def _control_for(self, field: str) -> str | None:
+        name = self.field_controls.get(field, field.rsplit(".", 1)[-1])
+        return name if name in self.controls else None
+
+    def broken_rules(self, values: dict) -> list:
+        """Every ConfigError the config of `values` raises, not only the first: after each, the
+        control that sets the field it names is moved to its nearest value that clears that rule,
+        and the config is checked again. The config's own rules, found by asking it."""
+        from ..config import ConfigError
+        found, trial = [], dict(values)
+        for _ in range(len(self.controls) + 1):
+            try:
+                self.config(trial)
+                break
+            except ConfigError as error:
+                found.append(error)
+                name = self._control_for(error.field)
+                if name is None:
+                    break
+                fix = self._nearest_clearing(trial, name, error)
+                if fix is None:
+                    break
+                trial[name] = fix
+            except Exception:                                 # a rule outside the config: reported as it is
+                break
+        return found
+
+    def _nearest_clearing(self, values: dict, name: str, error) -> Any:
+        from ..config import ConfigError
+        current = values[name]
+        candidates = [v for v in control_values(self.controls[name]) if v != current]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in candidates + [current]):
+            candidates.sort(key=lambda v: abs(v - current))
+        for value in candidates:
+            try:
+                self.config({**values, name: value})
+                return value
+            except ConfigError as other:
+                if other.field != error.field:
+                    return value
+            except Exception:
+                continue
+        return None
 
     # -- drawing ------------------------------------------------------------------------------------
     def _show(self, view: View) -> None:
@@ -312,24 +482,48 @@ class Explorer:
             with self._curve.batch_update():
                 for trace in self._curve.data:
                     x, y = view.curves.get(trace.name, ((), ()))
-                    trace.x, trace.y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-        self._shape_label.value = (f'<div style="font-family:monospace;font-size:13px;padding:3px 6px;'
-                                   f'background:#f4f4f4;border-radius:3px">{escape(view.shape_label)}</div>')
+                    trace.x, trace.y = _floats(x), _floats(y)      # lists: see heatmap._json_safe
+        self._shape_label.value = (f'<div style="font-family:{MONO};font-size:13px;padding:3px 6px;text-align:left;'
+                                   f'background:#f4f4f4;border-radius:3px;overflow-wrap:anywhere">'
+                                   f'{escape(view.shape_label)}</div>')
         self._sheets.value = _compact(sheets)
         self._notes.value = _compact(view.notes)
         self._table.value = _compact(table.html) if table is not None else ""
         self._status.value = ""
-        self.view, self.error = view, None
+        self._picture.remove_class("tinymoe-stale")
+        self.view, self.error, self.errors = view, None, []
+        self.shown_values = self.values
         if table is not None:
             self.table = table
 
     def _show_error(self, exc: Exception) -> None:
+        """The status line names every rule the controls break; the picture is marked stale and
+        says which settings it still shows."""
         from ..config import ConfigError
-        message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
-        self.error = message
+        if isinstance(exc, ConfigError):
+            rules = self.broken_rules(self.values) or [exc]
+            messages = [str(r) for r in rules]
+            if str(exc) not in messages:
+                messages.insert(0, str(exc))
+        else:                                   # not a config rule: say what could not be drawn, readably
+            settings = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+            messages = [f"these settings could not be drawn ({settings}): {type(exc).__name__}: {exc}"]
+        self.error, self.errors = messages[0], messages
+        shown = ", ".join(f"{k}={v}" for k, v in self.shown_values.items() if self.values.get(k) != v)
+        items = "".join(f"<li>{escape(m)}</li>" for m in messages)
+        count = "this rule" if len(messages) == 1 else f"these {len(messages)} rules"
         self._status.value = (f'<div style="color:#9b2c1f;background:#fdecea;border:1px solid #f3b8b0;'
-                              f'border-radius:3px;padding:3px 8px;font-size:13px">&#9888; {escape(message)} '
-                              f'<span style="color:#777">(still showing the last possible configuration)</span></div>')
+                              f'border-radius:3px;padding:3px 8px;font-size:13px;text-align:left">'
+                              f'&#9888; These settings break {count}:<ul style="margin:2px 0 2px 18px;padding:0">'
+                              f'{items}</ul><span class="tinymoe-stale-note" style="color:#555">The picture below is '
+                              f'stale: it still shows the last possible settings ({escape(shown or "the same values")}).'
+                              f'</span></div>')
+        self._picture.add_class("tinymoe-stale")
+
+    @property
+    def stale(self) -> bool:
+        """True while the picture does not match the controls (they hold an impossible combination)."""
+        return self.error is not None
 
     def _make_curve(self, view: View):
         import plotly.graph_objects as go
@@ -338,33 +532,42 @@ class Explorer:
                                              xaxis=dict(title=x_title), yaxis=dict(title=y_title),
                                              legend=dict(orientation="h", y=1.12, x=0), plot_bgcolor="white"))
         for i, (label, (x, y)) in enumerate(view.curves.items()):   # later curves dashed: overlaps stay visible
-            figure.add_scatter(x=np.asarray(x, dtype=float), y=np.asarray(y, dtype=float), name=label,
+            figure.add_scatter(x=_floats(x), y=_floats(y), name=label,
                                mode="lines+markers", line=dict(dash="solid" if i == 0 else "dash"),
                                marker=dict(size=5 if i == 0 else 7, symbol="circle" if i == 0 else "circle-open"))
         return figure
 
     # -- notebook display -------------------------------------------------------------------------
     def _ipython_display_(self):
-        """The live widget, plus a static snapshot for wherever there is no kernel to drive it
-        (a notebook opened without running it, an HTML export, a code-hosting site's preview):
-        those show the best mimetype they can render, the snapshot, instead of a widget repr."""
+        """Two outputs: the live widget, then a static snapshot of the same picture.
+
+        The snapshot is for wherever no kernel drives the widget: a notebook opened without
+        running it, the instructor's own copy saved after Run All and reopened (the widget's
+        output then reads "model not found"), an HTML export, a code host's preview. Each output
+        carries a little CSS that JupyterLab applies to trusted output: the live widget hides
+        the snapshot beside it, and the snapshot hides a widget output that has no live widget
+        in it. Where CSS is stripped (a sanitising preview), the snapshot is plain HTML and
+        images, and the widget output has nothing visible to show but one line of text."""
         from IPython.display import display
         bundle = self.widget._repr_mimebundle_() or {}
         bundle = dict(bundle[0] if isinstance(bundle, tuple) else bundle)
         bundle["text/plain"] = (f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.values.items())}): "
                                 f"run the notebook to move its controls")
-        bundle["text/html"] = self.snapshot_html()
+        bundle.pop("text/html", None)
         display(bundle, raw=True)
+        display({"text/html": SNAPSHOT_CSS + self.snapshot_html(),
+                 "text/plain": f"(a snapshot of the {type(self).__name__} above)"}, raw=True)
 
     def snapshot_html(self) -> str:
-        """The current picture as static HTML (inline styles, no JavaScript): the control values,
-        the shape line, the sheets, the heatmap as a small picture, the notes and the shapes table."""
+        """The current picture as static HTML (no JavaScript; inline styles only, so it reads the
+        same with CSS stripped): the control values, the status, the shape line, the sheets, the
+        heatmap and the line chart as pictures, the notes and the shapes table."""
         from .png import data_uri, heatmap_png
         settings = " &middot; ".join(f"<code>{escape(k)} = {escape(v)}</code>" for k, v in self.values.items())
         parts = [f'<b style="font-size:15px">{escape(self.title)}</b> '
                  f'<span style="color:#777">(a snapshot: run the notebook to move the controls)</span>',
-                 f'<div style="margin:4px 0">{settings}</div>', self._status.value, self._shape_label.value,
-                 self._sheets.value]
+                 f'<div style="margin:4px 0">{settings}</div>', self._status.value]
+        picture = [self._shape_label.value, self._sheets.value]
         if self.view is not None and self.view.heatmap is not None:
             data = np.asarray(self.heatmap_data, dtype=float)
             panels = list(data) if data.ndim == 3 else [data]
@@ -373,14 +576,26 @@ class Explorer:
             # Enlarge in the picture itself: notebook sanitizers drop CSS that keeps scaled pixels sharp.
             big = [np.repeat(np.repeat(p, f, axis=0), f, axis=1) for p in panels]
             png, _ = heatmap_png(big, width=1, height=1)
-            parts.append(f'<div style="font-size:12px;color:#555;margin-top:6px">{escape(self.view.heatmap_title)}</div>'
-                         f'<img alt="heatmap" src="{data_uri(png)}">')
-        parts += [self._notes.value, self._table.value, legend().html]
-        return "".join(f"<div>{p}</div>" for p in parts if p)
+            picture.append(f'<div style="font-size:12px;color:#555;margin-top:6px">{escape(self.view.heatmap_title)}</div>'
+                           f'<img alt="heatmap" title="{escape(_text(self.view.heatmap_title))}" src="{data_uri(png)}">')
+        if self._curve is not None:
+            from .figure import figure_png
+            picture.append(f'<img alt="line chart" src="{data_uri(figure_png(self._curve.to_dict()))}">')
+        picture += [self._notes.value, self._table.value]
+        stale = ' style="opacity:0.45"' if self.error else ""
+        parts.append(f'<div{stale}>' + "".join(f"<div>{p}</div>" for p in picture if p) + "</div>")
+        parts.append(legend().html)
+        return ('<div class="tinymoe-snapshot" style="text-align:left">'
+                + "".join(f"<div>{p}</div>" for p in parts if p) + "</div>")
 
     def __repr__(self) -> str:
         state = f"error={self.error!r}" if self.error else f"shapes={len(self.view.shapes)}"
         return f"{type(self).__name__}({self.values}, {state})"
+
+
+def _floats(values) -> list:
+    """Numbers to send to a FigureWidget as a plain list (see heatmap._json_safe for why not numpy)."""
+    return [float(v) for v in np.asarray(values, dtype=float).reshape(-1)]
 
 
 def _compact(markup: str) -> str:

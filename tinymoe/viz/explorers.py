@@ -18,24 +18,28 @@ from ..config import ModelConfig
 from ..rope import RotaryEmbedding, rope_frequencies
 from ..sizes import attention_parameters, kv_cache_bytes
 from ..trace import Trace
-from .explorer import Explorer, View, checkbox, dropdown, log_slider, slider
+from .explorer import EXPLORER_CELLS, EXPLORER_COLUMNS, Explorer, View, checkbox, dropdown, log_slider, slider
 from .forward import traced_forward
 from .html import escape
 from .sheet import sheet, show
+from .style import figures_table, shape_text, text
 from .table import ShapesTable
 
 __all__ = ["AttentionExplorer", "RopeExplorer", "GQAExplorer"]
 
 
-def _shape(shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
 def _parameters_note(config: ModelConfig) -> str:
     counts = attention_parameters(config)
     terms = " + ".join(f"{name} {n:,}" for name, n in counts.items() if name != "total")
-    return (f'<div style="font-family:sans-serif;font-size:12px;color:#333;margin:2px 0 6px 0">'
-            f"Attention parameters: {terms} = <b>{counts['total']:,}</b></div>")
+    return text(f"Attention parameters: {terms} = <b>{counts['total']:,}</b>", width=None)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _divisors(n: int) -> list:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 class AttentionExplorer(Explorer):
@@ -45,42 +49,79 @@ class AttentionExplorer(Explorer):
     output of each head has d_v; the weights are (seq_len x seq_len) per head whatever d_k and d_v
     are; W_o maps n_heads * d_v back to d_model. Switch position to "rope" and an odd d_k becomes
     impossible (RoPE rotates dimensions in pairs): the message says so and the picture stays.
+
+    start_from=module, start_inputs=x: start from a by-hand section's weights and tokens (used
+    while the sliders' sizes match them), so the first picture equals the sheets above it.
+
+    Tick "d_k = d_v = d_model / n_heads" (split_d_model) and the head sizes follow from d_model and
+    n_heads, as in most models: then n_heads must divide d_model, and the message says so when it
+    does not. (The sliders read head_dim and v_head_dim, the config's names; d_k and d_v are the
+    paper's.)
     """
 
     title = "Attention: every dimension on a slider"
 
     def __init__(self, seq_len: int = 10, d_model: int = 5, d_k: int = 3, d_v: int = 3, n_heads: int = 1,
                  causal: bool = True, position: str = "none", seed: int = 0, orientation: str = "pytorch",
-                 sheets=("attn.q", "attn.k", "attn.v"), max_cells: int = 600):
+                 sheets=("attn.q", "attn.k", "attn.v"), max_cells: int = EXPLORER_CELLS,
+                 split_d_model: bool = False, start_from=None, start_inputs=None):
         self.orientation, self.sheet_names, self.max_cells = orientation, tuple(sheets), max_cells
+        # A by-hand section's module and input: while the sizes match them, the explorer draws
+        # exactly those numbers, so its first picture equals the sheets above it.
+        self.start_state = None if start_from is None else {k: v.detach().clone() for k, v in start_from.state_dict().items()}
+        self.start_inputs = None if start_inputs is None else start_inputs.detach().reshape(1, -1, start_inputs.shape[-1])
         controls = {"seq_len": slider(seq_len, 1, 16), "d_model": slider(d_model, 1, 12),
-                    "d_k": slider(d_k, 1, 8), "d_v": slider(d_v, 1, 8), "n_heads": slider(n_heads, 1, 4),
-                    "causal": checkbox(causal), "position": dropdown(position, ("none", "rope"))}
+                    "d_k": slider(d_k, 1, 8, description="head_dim (d_k)"),
+                    "d_v": slider(d_v, 1, 8, description="v_head_dim (d_v)"),
+                    "n_heads": slider(n_heads, 1, 4),
+                    "split_d_model": checkbox(split_d_model, description="d_k = d_v = d_model / n_heads", width="230px"),
+                    "causal": checkbox(causal), "position": dropdown(position, ("none", "rope", "sinusoidal"))}
         self.max_seq_len = controls["seq_len"].max
         super().__init__(controls, seed=seed)
 
+    field_controls = {"head_dim": "d_k", "v_head_dim": "d_v"}
+
+    def limits(self, values: dict) -> dict:
+        """With split_d_model the head sizes come from d_model / n_heads: their sliders rest."""
+        split = bool(values["split_d_model"])
+        return {"d_k": {"disabled": split}, "d_v": {"disabled": split}}
+
     def config(self, values: dict) -> ModelConfig:
-        return ModelConfig(d_model=values["d_model"], n_heads=values["n_heads"], head_dim=values["d_k"],
-                           v_head_dim=values["d_v"], causal=values["causal"], position=values["position"],
+        split = values["split_d_model"]
+        return ModelConfig(d_model=values["d_model"], n_heads=values["n_heads"],
+                           head_dim=None if split else values["d_k"], v_head_dim=None if split else values["d_v"],
+                           causal=values["causal"], position=values["position"],
                            max_seq_len=self.max_seq_len).validate()
+
+    def _inputs(self, config: ModelConfig, seq_len: int):
+        """The seeded inputs, with the by-hand section's tokens in front when their width fits."""
+        if self.start_inputs is None or self.start_inputs.shape[-1] != config.d_model:
+            return None
+        g = torch.Generator().manual_seed(self.seed + 1)
+        x = torch.randn(1, self.max_seq_len, config.d_model, generator=g)         # (1, max_seq_len, d_model)
+        n = min(self.start_inputs.shape[1], self.max_seq_len)
+        x[:, :n] = self.start_inputs[:, :n]
+        return x[:, :seq_len]
 
     def build(self, values: dict) -> View:
         config = self.config(values)
-        run = traced_forward(config, "attention", values["seq_len"], seed=self.seed)
+        run = traced_forward(config, "attention", values["seq_len"], seed=self.seed,
+                             inputs=self._inputs(config, values["seq_len"]), state=self.start_state)
         trace = run.trace
         names = ("attn.x", "attn.q", "attn.k", "attn.v", "attn.weights", "attn.concat", "attn.out")
         label = " → ".join([
-            f"x {_shape(trace['attn.x'].shape)}",
-            " · ".join(f"{n} {_shape(trace['attn.' + n].shape)}" for n in ("q", "k", "v")),
-            f"weights {_shape(trace['attn.weights'].shape)}",
-            f"concat {_shape(trace['attn.concat'].shape)}",
-            f"out {_shape(trace['attn.out'].shape)}"])
+            f"x {shape_text(trace['attn.x'].shape)}",
+            " · ".join(f"{n} {shape_text(trace['attn.' + n].shape)}" for n in ("q", "k", "v")),
+            f"weights {shape_text(trace['attn.weights'].shape)}",
+            f"concat {shape_text(trace['attn.concat'].shape)}",
+            f"out {shape_text(trace['attn.out'].shape)}"])
         return View(
             shapes={n: tuple(trace[n].shape) for n in names},
             shape_label=label,
-            sheets=[show(trace, n, orientation=self.orientation, max_cells=self.max_cells) for n in self.sheet_names],
+            sheets=[show(trace, n, orientation=self.orientation, max_cells=self.max_cells,
+                         max_columns=EXPLORER_COLUMNS) for n in self.sheet_names],
             heatmap=trace["attn.weights"],
-            heatmap_title=f"attn.weights {_shape(trace['attn.weights'].shape)}: one panel per head",
+            heatmap_title=f"attn.weights {shape_text(trace['attn.weights'].shape)}: one panel per head",
             table=ShapesTable.from_run(run),
             notes=_parameters_note(config))
 
@@ -89,22 +130,28 @@ class GQAExplorer(Explorer):
     """Grouped-query attention: n_heads query heads share n_kv_heads key/value heads.
 
     n_kv_heads == n_heads is multi-head attention, 1 is multi-query attention, in between GQA.
-    Watch W_k and W_v (red: trainable) and the key cache shrink by the group size while the
+    Watch W_k and W_v (red border: trainable) and the key cache shrink by the group size while the
     queries and the output keep their shapes. n_kv_heads must divide n_heads (every key/value head
-    serves a whole group) and cannot exceed it: other values show the config's message.
+    serves a whole group): its list holds the divisors of n_heads, and follows n_heads.
     """
 
     title = "Grouped-query attention: parameters and KV cache"
 
     def __init__(self, n_heads: int = 4, n_kv_heads: int = 2, seq_len: int = 8, d_model: int = 8,
                  head_dim: int = 2, bytes_per_value: int = 2, seed: int = 0, orientation: str = "pytorch",
-                 max_cells: int = 600):
+                 max_cells: int = EXPLORER_CELLS):
         self.d_model, self.head_dim, self.bytes_per_value = d_model, head_dim, bytes_per_value
         self.orientation, self.max_cells = orientation, max_cells
-        controls = {"n_heads": slider(n_heads, 1, 8), "n_kv_heads": slider(n_kv_heads, 1, 8),
+        if n_heads % n_kv_heads:
+            ModelConfig(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim).validate()
+        controls = {"n_heads": slider(n_heads, 1, 8), "n_kv_heads": dropdown(n_kv_heads, _divisors(n_heads), width="150px"),
                     "seq_len": slider(seq_len, 1, 32)}
         self.max_seq_len = controls["seq_len"].max
         super().__init__(controls, seed=seed)
+
+    def limits(self, values: dict) -> dict:
+        """n_kv_heads: the divisors of n_heads (each key/value head serves a whole group)."""
+        return {"n_kv_heads": {"options": _divisors(values["n_heads"]), "why": "n_kv_heads must divide n_heads"}}
 
     def config(self, values: dict) -> ModelConfig:
         return ModelConfig(d_model=self.d_model, n_heads=values["n_heads"], n_kv_heads=values["n_kv_heads"],
@@ -121,30 +168,25 @@ class GQAExplorer(Explorer):
         cache = kv_cache_bytes(config, seq_len, batch=1, bytes_per_value=self.bytes_per_value)
         cache_mha = kv_cache_bytes(mha, seq_len, batch=1, bytes_per_value=self.bytes_per_value)
         kind = "MHA" if config.kv_heads == config.n_heads else "MQA" if config.kv_heads == 1 else "GQA"
-        label = (f"{kind}: {config.n_heads} query heads share {config.kv_heads} key/value head{'' if config.kv_heads == 1 else 's'} "
-                 f"(groups of {config.group_size}) · q {_shape(trace['attn.q'].shape)} · "
-                 f"k {_shape(trace['attn.k'].shape)} · v {_shape(trace['attn.v'].shape)} · "
-                 f"W_k {_shape(trace['attn.W_k'].shape)} · KV cache {cache:,} bytes")
-        notes = (f'<table style="border-collapse:collapse;font-family:sans-serif;font-size:12px;margin:2px 0 8px 0">'
-                 + "".join(f'<tr><td style="padding:1px 10px 1px 0;text-align:left">{escape(a)}</td>'
-                           f'<td style="padding:1px 10px;text-align:right;font-family:monospace">{b}</td>'
-                           f'<td style="padding:1px 0;text-align:left;color:#777">{escape(c)}</td></tr>'
-                           for a, b, c in (
-                               ("attention parameters", f"{params:,}", f"MHA: {params_mha:,}"),
-                               (f"KV cache, {seq_len} tokens, {self.bytes_per_value} bytes/value", f"{cache:,} B",
-                                f"MHA: {cache_mha:,} B, {cache_mha / cache:g}x more"),
-                           ))
-                 + "</table>")
+        label = (f"{kind}: {_plural(config.n_heads, 'query head')} share{'s' if config.n_heads == 1 else ''} "
+                 f"{_plural(config.kv_heads, 'key/value head')} "
+                 f"(groups of {config.group_size}) · q {shape_text(trace['attn.q'].shape)} · "
+                 f"k {shape_text(trace['attn.k'].shape)} · v {shape_text(trace['attn.v'].shape)} · "
+                 f"W_k {shape_text(trace['attn.W_k'].shape)} · KV cache {cache:,} bytes")
+        notes = figures_table([
+            ("attention parameters", f"{params:,}", escape(f"MHA: {params_mha:,}")),
+            (f"KV cache, {seq_len} tokens, {self.bytes_per_value} bytes/value", f"{cache:,} B",
+             escape(f"MHA: {cache_mha:,} B, {cache_mha / cache:g}x more"))])
         names = ("attn.x", "attn.W_q", "attn.W_k", "attn.W_v", "attn.W_o", "attn.q", "attn.k", "attn.v",
                  "attn.weights", "attn.out")
         return View(
             shapes={n: tuple(trace[n].shape) for n in names},
             shape_label=label,
-            sheets=[show(trace, n, orientation=self.orientation, max_cells=self.max_cells)
+            sheets=[show(trace, n, orientation=self.orientation, max_cells=self.max_cells, max_columns=EXPLORER_COLUMNS)
                     for n in ("attn.W_k", "attn.W_v")],
             heatmap=trace["attn.k"],
             heatmap_panels=[f"kv head {j}" for j in range(config.kv_heads)],
-            heatmap_title=f"attn.k {_shape(trace['attn.k'].shape)}: the key cache, one panel per kv head",
+            heatmap_title=f"attn.k {shape_text(trace['attn.k'].shape)}: the key cache, one panel per kv head",
             table=ShapesTable.from_run(run),
             notes=notes)
 
@@ -211,13 +253,12 @@ class RopeExplorer(Explorer):
             gap = float(np.max(np.abs(y1[np.isin(x1, common)] - y2[np.isin(x2, common)])))
             check = (f"Queries at m={m} and m={m2} give the same q&middot;k at equal m&minus;n "
                      f"(largest difference {gap:.1e}): only the relative position counts.")
-        notes = (f'<div style="font-family:sans-serif;font-size:12px;color:#333;max-width:440px">'
-                 f"{head_dim // 2} frequencies &theta;<sub>i</sub> = {config.rope_base:g}<sup>&minus;2i/{head_dim}</sup>; "
-                 f"pair i turns by m&middot;&theta;<sub>i</sub>. {check}</div>")
+        notes = text(f"{head_dim // 2} frequencies &theta;<sub>i</sub> = {config.rope_base:g}<sup>&minus;2i/{head_dim}</sup>; "
+                 f"pair i turns by m&middot;&theta;<sub>i</sub>. {check}", width=440)
         cos_m, sin_m = at_m["rope_cos"], at_m["rope_sin"]
-        label = (f"head_dim={head_dim}: {head_dim // 2} rotating pairs · theta {_shape(tuple(theta.shape))} · "
-                 f"cos/sin tables {_shape(tuple(table['rope_cos'].shape))} (buffers, not trainable) · "
-                 f"q at position m={m} {_shape((head_dim,))}")
+        label = (f"head_dim={head_dim}: {head_dim // 2} rotating pairs · theta {shape_text(tuple(theta.shape))} · "
+                 f"cos/sin tables {shape_text(tuple(table['rope_cos'].shape))} (buffers, not trainable) · "
+                 f"q at position m={m} {shape_text((head_dim,))}")
         at = [f"m={m}"]
         return View(
             shapes={"theta": tuple(theta.shape), "rope_cos": tuple(table["rope_cos"].shape),
@@ -230,7 +271,7 @@ class RopeExplorer(Explorer):
                     sheet(q.reshape(1, head_dim), "q", row_labels=["q"]),
                     sheet(q_rot.reshape(1, head_dim), "q rotated", row_labels=[f"m={m}"])],
             heatmap=table["rope_cos"],
-            heatmap_title=f"rope_cos {_shape(tuple(table['rope_cos'].shape))}: rows = position m, columns = dimension",
+            heatmap_title=f"rope_cos {shape_text(tuple(table['rope_cos'].shape))}: rows = position m, columns = dimension",
             notes=notes,
             curves=curves,
             curve_axes=("m − n (query position − key position)", "q_m · k_n"))

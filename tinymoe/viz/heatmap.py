@@ -1,4 +1,4 @@
-"""A tensor as an interactive plotly heatmap, in the sheets' colours (blue +, red -, white at 0).
+"""A tensor as an interactive plotly heatmap, in the sheets' colours (blue +, orange -, white at 0).
 
 Heads are laid side by side in one picture, separated by a blank column, so an explorer can swap
 the data of a single trace in place when a slider moves (no new figure, no flicker):
@@ -109,20 +109,22 @@ def panel_ticks(tensor, names=None, factor: int = 1) -> tuple[list | None, list 
     return centres, list(names)[:n_panels]
 
 
-def _json_safe(z: np.ndarray) -> np.ndarray:
+def _json_safe(z: np.ndarray) -> list:
     """z ready to send: rounded to 4 significant digits of its largest value, NaN as None (a
     FigureWidget sends its data as strict JSON, which has no NaN: the gap columns between heads
-    would otherwise print a serialization warning in the notebook). An object array, not nested
-    lists, so plotly converts it in one C-level tolist()."""
+    would otherwise print a serialization warning in the notebook), as nested lists.
+
+    Lists, not a numpy array: the browser answers every update with the trace's computed
+    defaults, and plotly's FigureWidget (its _remove_overlapping_props) tests a held value's truth
+    with `not value`, which raises "truth value of an array ... is ambiguous" for a numpy array and
+    puts that traceback in JupyterLab's log console."""
     finite = np.abs(z[np.isfinite(z)])
     if finite.size and finite.max() > 0:                 # 4 significant digits: what a hover shows,
         digits = 3 - int(np.floor(np.log10(finite.max())))   # and a third of the JSON of full floats
         z = np.round(z, max(digits, 0))
-    if not np.isnan(z).any():
-        return z
-    safe = z.astype(object)
+    safe = z.astype(object)                              # one C-level tolist() below
     safe[np.isnan(z)] = None
-    return safe
+    return safe.tolist()
 
 
 def _limit(z: np.ndarray) -> float:

@@ -6,22 +6,22 @@ n_experts, top_k, capacity_factor, router and seq_len build an MoE layer at shee
   heatmap  tokens as rows, experts as columns, two panels side by side:
            left   moe.router_probs: what the router thinks of every expert
            right  the gate each token actually uses per expert, after top-k and capacity; an
-                  assignment a full expert turned away is drawn as -1 (red)
+                  assignment a full expert turned away is drawn as -1 (orange)
            (soft MoE: the dispatch and the combine weights, summed over each expert's slots)
   sheets   moe.expert_ids and moe.gates, tokens as columns (expert choice: one row per expert;
            soft: moe.dispatch_weights and moe.slots); a picture past max_columns tokens or 8 rows
   notes    one bar per expert: the slots it processes (moe.expert_load, blue) and the ones it
-           turned away (red) against its capacity (dashed);
+           turned away (orange) against its capacity (dashed);
            the dropped assignments and tokens; total parameters against the active ones per token
-           (tinymoe.moe.moe_parameter_counts, checked against the module built)
+           (tinymoe.moe.moe_parameter_counts; a test checks it against the module built)
   table    the layer's shapes and parameters, with what changed since the last picture
 
 capacity_factor 0 in the dropdown means "none" (dropless: no capacity at all). The noisy top-k
 router runs in training mode, so its noise is on (seeded: the same picture every time).
 An impossible combination (top_k > n_experts, the switch router with top_k 2, switch or expert
 choice without a capacity factor) shows the config's message and keeps the last picture.
-`.expert_load`, `.turned_away`, `.capacity`, `.dropped`, `.parameters` and `.routing` read the
-picture shown now.
+`.view` (a MoEView) holds the picture shown now: `.view.expert_load`, `.turned_away`,
+`.capacity`, `.dropped`, `.parameters`, `.routing`.
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from ..config import ROUTERS, ModelConfig, MoEConfig
-from ..moe import MoE, moe_parameter_counts
-from ..trace import Trace
+from ..moe import moe_parameter_counts
 from .explorer import Explorer, View, dropdown, slider
-from .forward import Run
+from .forward import traced_forward
+from .style import TEXT, shape_text
 from .html import escape
 from .sheet import show
 from .table import ShapesTable
@@ -61,8 +61,8 @@ class MoEView(View):
     routing: np.ndarray | None = None                   # (seq_len, n_experts) gate used per token and expert
 
 
-def _shape(shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _count(n: float) -> str:
@@ -99,15 +99,27 @@ class MoEExplorer(Explorer):
         options = list(CAPACITY_FACTORS)
         if factor not in [v for _, v in options]:
             options = sorted(options + [(f"{factor:g}", factor)], key=lambda o: o[1])
+        self.max_top_k, self.capacity_options = max_top_k, options
         controls = {"n_experts": slider(n_experts, 1, max_experts),
                     "top_k": slider(top_k, 1, max_top_k),
-                    "capacity_factor": dropdown(factor, options),
-                    "router": dropdown(router, ROUTERS),
+                    "capacity_factor": dropdown(factor, options, width="190px"),
+                    "router": dropdown(router, ROUTERS, width="230px"),
                     "seq_len": slider(seq_len, 1, max_seq_len)}
         self.max_seq_len = controls["seq_len"].max
         super().__init__(controls, seed=seed)
 
     # -- the config --------------------------------------------------------------------------------
+    def limits(self, values: dict) -> dict:
+        """top_k cannot exceed n_experts (nor 1 with the switch router); the switch and
+        expert-choice routers need a capacity factor, so "none" leaves their list."""
+        top_k = min(self.max_top_k, values["n_experts"], 1 if values["router"] == "switch" else self.max_top_k)
+        why = "the switch router takes top_k=1" if values["router"] == "switch" else "top_k <= n_experts"
+        needs = values["router"] in ("switch", "expert_choice")
+        options = [o for o in self.capacity_options if not (needs and o[1] == 0.0)]
+        return {"top_k": {"max": top_k, "why": why},
+                "capacity_factor": {"options": options,
+                                    "why": f"the {values['router']} router needs a capacity factor" if needs else ""}}
+
     def config(self, values: dict) -> ModelConfig:
         """The MoE settings from the controls; validate() names an impossible combination."""
         factor = values["capacity_factor"] or None                                # 0.0 -> dropless
@@ -116,36 +128,6 @@ class MoEExplorer(Explorer):
         return ModelConfig(d_model=self.d_model, n_heads=1, d_ff=self.d_ff, position="none",
                            max_seq_len=self.max_seq_len, moe=moe).validate()
 
-    # -- reading -----------------------------------------------------------------------------------
-    @property
-    def expert_load(self) -> list:
-        """Slots each expert processes in the picture shown now (moe.expert_load)."""
-        return list(self.view.expert_load)
-
-    @property
-    def turned_away(self) -> list:
-        """Assignments each expert turned away because it was full (the red part of its bar)."""
-        return list(self.view.turned_away)
-
-    @property
-    def capacity(self) -> int | None:
-        return self.view.capacity
-
-    @property
-    def dropped(self) -> dict:
-        """{"assignments": slots turned away by a full expert, "tokens": tokens no expert processes}."""
-        return dict(self.view.dropped)
-
-    @property
-    def parameters(self) -> dict:
-        """moe_parameter_counts of the picture shown now: router, expert, experts, shared, total, active."""
-        return dict(self.view.parameters)
-
-    @property
-    def routing(self) -> np.ndarray:
-        """(seq_len, n_experts): the gate each token uses for each expert (-1: turned away)."""
-        return self.view.routing.copy()
-
     # -- one picture -------------------------------------------------------------------------------
     @torch.no_grad()
     def build(self, values: dict) -> MoEView:
@@ -153,19 +135,8 @@ class MoEExplorer(Explorer):
         moe_config, T, E = config.moe, values["seq_len"], values["n_experts"]
         # The tokens come from their own generator, drawn for the longest sequence and cut to
         # seq_len: a longer sequence adds tokens and leaves the earlier ones as they were.
-        g = torch.Generator().manual_seed(self.seed + 1)
-        x = torch.randn(1, self.max_seq_len, self.d_model, generator=g)[:, :T]   # (1, T, d_model)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            layer = MoE(config)
-            layer.train(moe_config.router == "noisy_topk")                       # noise only in training
-            trace = Trace()
-            layer(x, trace)
-
-        counts = moe_parameter_counts(config)
-        built = sum(p.numel() for p in layer.parameters())
-        if built != counts["total"]:                                              # the formula and the module agree
-            raise AssertionError(f"moe_parameter_counts says {counts['total']} parameters, the module has {built}")
+        run = traced_forward(config, "moe", T, seed=self.seed, train=moe_config.router == "noisy_topk")
+        trace, counts = run.trace, moe_parameter_counts(config)             # noise only in training mode
         load = [int(n) for n in trace["moe.expert_load"]]
         soft = moe_config.router == "soft"
         if soft:
@@ -176,17 +147,17 @@ class MoEExplorer(Explorer):
             routing, capacity = combine, None
             dropped = {"assignments": 0, "tokens": 0}
             turned_away = [0] * E
-            title = f"{T} tokens × {E} experts (soft: summed over each expert's slots)"
+            title = f"{_plural(T, 'token')} × {_plural(E, 'expert')} (soft: summed over each expert's slots)"
         else:
             dropped_ids = torch.where(trace["moe.dropped"], trace["moe.chosen_ids"], -1)  # (N, k)
             routing = routing_matrix(trace["moe.expert_ids"], trace["moe.gates"], E, dropped_ids)  # (T, E)
             panels = torch.stack([trace["moe.router_probs"], routing])                      # (2, T, E)
-            panel_names = ["router_probs", "gates used (red: dropped)"]
+            panel_names = ["router_probs", "gates used (orange: dropped)"]
             capacity = int(trace["moe.capacity"]) if "moe.capacity" in trace else None
             dropped = {"assignments": int(trace["moe.dropped"].sum()),
                        "tokens": int(trace["moe.dropped_tokens"].sum())}
             turned_away = torch.bincount(dropped_ids[dropped_ids >= 0], minlength=E).tolist()   # per expert
-            title = f"{T} tokens (rows) × {E} experts"
+            title = f"{_plural(T, 'token')} (rows) × {_plural(E, 'expert')}"
 
         label = self._label_text(config, trace, T, capacity, dropped, counts)
         notes = self._notes_html(config, load, turned_away, capacity, dropped, counts, T)
@@ -201,7 +172,6 @@ class MoEExplorer(Explorer):
         sheets = [show(trace, names[0], orientation="by_hand", max_cells=fits, row_labels=slots),
                   show(trace, names[1], orientation="by_hand", max_cells=fits_slots if soft else fits,
                        **({"col_labels": slots} if soft else {"row_labels": slots}))]
-        run = Run(config, "moe", layer, x, trace, T, 1, self.seed)
         full = ShapesTable.from_run(run)
         table = ShapesTable([r for r in full.rows if r.kind != "tensor" or r.name in TABLE_ROWS],
                             full.settings, module_kind="moe")
@@ -226,14 +196,14 @@ class MoEExplorer(Explorer):
     def _label_text(config, trace, T, capacity, dropped, counts) -> str:
         moe = config.moe
         if moe.router == "soft":
-            route = (f"dispatch_weights {_shape(trace['moe.dispatch_weights'].shape)} → "
-                     f"slots {_shape(trace['moe.slots'].shape)} → "
-                     f"slot_outputs {_shape(trace['moe.slot_outputs'].shape)}")
+            route = (f"dispatch_weights {shape_text(trace['moe.dispatch_weights'].shape)} → "
+                     f"slots {shape_text(trace['moe.slots'].shape)} → "
+                     f"slot_outputs {shape_text(trace['moe.slot_outputs'].shape)}")
         else:
             pick = ("each expert picks its top tokens" if moe.router == "expert_choice"
                     else f"top-{moe.top_k}")
-            route = (f"router_logits {_shape(trace['moe.router_logits'].shape)} → {pick} → "
-                     f"expert_ids {_shape(trace['moe.expert_ids'].shape)}, gates {_shape(trace['moe.gates'].shape)}")
+            route = (f"router_logits {shape_text(trace['moe.router_logits'].shape)} → {pick} → "
+                     f"expert_ids {shape_text(trace['moe.expert_ids'].shape)}, gates {shape_text(trace['moe.gates'].shape)}")
         where = "no capacity" if capacity is None else f"capacity {capacity}"
         if moe.router == "soft":
             lost = ""
@@ -242,8 +212,8 @@ class MoEExplorer(Explorer):
         else:
             lost = (f" · dropped {dropped['assignments']} assignment{'' if dropped['assignments'] == 1 else 's'}, "
                     f"{dropped['tokens']} token{'' if dropped['tokens'] == 1 else 's'}")
-        return (f"{moe.router}, {moe.n_experts} experts: x {_shape(trace['moe.x'].shape)} → {route} → "
-                f"out {_shape(trace['moe.out'].shape)} · {where}{lost} · parameters {_count(counts['total'])}, "
+        return (f"{moe.router}, {moe.n_experts} experts: x {shape_text(trace['moe.x'].shape)} → {route} → "
+                f"out {shape_text(trace['moe.out'].shape)} · {where}{lost} · parameters {_count(counts['total'])}, "
                 f"active per token {_count(counts['active'])}")
 
     @staticmethod
@@ -251,7 +221,7 @@ class MoEExplorer(Explorer):
         moe = config.moe
         furthest = max([n + a for n, a in zip(load, turned_away)] + [capacity or 0, 1])
         scale = BAR_WIDTH / furthest
-        text = "font-family:sans-serif;font-size:12px;color:#333"
+        text = TEXT
         rows = []
         for e, (n, away) in enumerate(zip(load, turned_away)):
             # blue: the slots the expert processes; red, past them: the ones it turned away
@@ -260,7 +230,7 @@ class MoEExplorer(Explorer):
             rows.append(f'<tr><td style="padding:1px 6px 1px 0;{text};font-family:monospace">e{e}</td>'
                         f'<td style="padding:1px 0"><div style="position:relative;width:{BAR_WIDTH + 4}px;height:14px">'
                         f'<div style="display:flex;height:14px"><div style="width:{n * scale:.0f}px;background:#4285c4">'
-                        f'</div><div style="width:{away * scale:.0f}px;background:#de5440"></div></div>{mark}</div></td>'
+                        f'</div><div style="width:{away * scale:.0f}px;background:#e8801c"></div></div>{mark}</div></td>'
                         f'<td style="padding:1px 0 1px 8px;{text};font-family:monospace;text-align:left;white-space:nowrap">'
                         f"{n}{f' (+{away} turned away)' if away else ''}</td></tr>")
         if moe.router == "soft":
@@ -270,7 +240,7 @@ class MoEExplorer(Explorer):
         else:
             per = T * moe.top_k
             what = (f"assignments each expert processes ({T} tokens × top-{moe.top_k} = {per}"
-                    + (f"; dashed line: capacity {capacity}; red: turned away)" if capacity is not None
+                    + (f"; dashed line: capacity {capacity}; orange: turned away)" if capacity is not None
                        else "; no capacity)"))
         if moe.router == "soft":
             lost = "Soft MoE drops nothing: every token is in every slot, a little."

@@ -18,7 +18,8 @@ head_dim 3), run it on seeded inputs and show, from the trace:
 
 An impossible combination (a stride longer than the block, a selection block that is not a
 multiple of the stride, a top_n with no room for the blocks every query keeps) shows the
-config's message and keeps the last picture. `.counts` and `.masks` read the picture shown now.
+config's message and keeps the last picture. `.view` (an NSAView) holds the picture shown now:
+`.view.counts` and `.view.masks`.
 """
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ import torch
 from ..attention import causal_mask
 from ..config import ModelConfig, SparseAttentionConfig
 from ..nsa import qk_products
-from .explorer import Explorer, View, slider
+from .explorer import EXPLORER_CELLS, EXPLORER_COLUMNS, Explorer, View, slider
 from .forward import traced_forward
 from .html import Html, escape
+from .style import figures_table, shape_text, text
 from .sheet import sheet
 from .table import ShapesTable
 
@@ -49,10 +51,6 @@ class NSAView(View):
     """A View that also keeps the numbers the picture was drawn from."""
     counts: dict = field(default_factory=dict)       # products per head: cmp, sel, win, nsa, dense, saved
     masks: dict = field(default_factory=dict)        # head 0: cmp (T, n_blocks), sel (T, T), win (T, T), bool
-
-
-def _shape(shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 def keys_behind_blocks(visible: torch.Tensor, seq_len: int, block_size: int, stride: int) -> torch.Tensor:
@@ -90,6 +88,13 @@ class NSAExplorer(Explorer):
         super().__init__(controls, seed=seed)
 
     # -- the config --------------------------------------------------------------------------------
+    def limits(self, values: dict) -> dict:
+        """stride <= block_size (longer strides skip tokens); top_n leaves room for the blocks
+        every query keeps (n_initial_blocks + n_local_blocks)."""
+        keep = self.n_initial_blocks + self.n_local_blocks
+        return {"stride": {"max": values["block_size"], "why": "stride <= block_size"},
+                "top_n": {"min": max(1, keep), "why": f"top_n >= n_initial_blocks + n_local_blocks = {keep}"}}
+
     def config(self, values: dict) -> ModelConfig:
         """The sparse-attention settings from the sliders; validate() names an impossible one."""
         sparse = SparseAttentionConfig(block_size=values["block_size"], stride=values["stride"],
@@ -99,17 +104,6 @@ class NSAExplorer(Explorer):
         return ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
                            head_dim=self.head_dim, position="none", attention="native_sparse", nsa=sparse,
                            max_seq_len=self.max_seq_len).validate()
-
-    # -- reading -----------------------------------------------------------------------------------
-    @property
-    def counts(self) -> dict:
-        """Query-key products per head in the picture shown now (see tinymoe.nsa.qk_products)."""
-        return dict(self.view.counts)
-
-    @property
-    def masks(self) -> dict:
-        """Head 0's masks in the picture shown now: cmp (T, n_blocks), sel and win (T, T)."""
-        return dict(self.view.masks)
 
     # -- one picture -------------------------------------------------------------------------------
     def build(self, values: dict) -> NSAView:
@@ -127,37 +121,30 @@ class NSAExplorer(Explorer):
         queries = [f"q{t}" for t in range(T)]
         if n_blocks:
             cmp_sheet = sheet(trace["attn.cmp.mask"][0, 0], f"attn.cmp.mask (head 0, {n_blocks} compressed keys)",
-                              row_labels=queries, col_labels=[f"c{i}" for i in range(n_blocks)])
+                              row_labels=queries, col_labels=[f"c{i}" for i in range(n_blocks)],
+                              max_cells=EXPLORER_CELLS, max_columns=EXPLORER_COLUMNS, note="rows: queries")
         else:                                                                  # nothing to draw cells for
-            cmp_sheet = Html(f'<div style="font-family:sans-serif;font-size:12px;color:#555;max-width:260px">'
-                             f"<b>attn.cmp.mask</b> ({T}, 0): seq_len={T} &lt; block_size={nsa.block_size}, "
-                             f"no compressed block is complete yet; the cmp branch outputs zeros.</div>")
+            cmp_sheet = Html(text(f"<b>attn.cmp.mask</b> ({T}, 0): seq_len={T} &lt; block_size={nsa.block_size}, "
+                                  f"no compressed block is complete yet; the cmp branch outputs zeros.", width=260))
         sheets = [cmp_sheet,
                   sheet(trace["attn.sel.block_mask"][0, 0], f"attn.sel.block_mask (kv head 0, top {nsa.top_n})",
-                        row_labels=queries, col_labels=[f"b{j}" for j in range(n_sel)])]
+                        row_labels=queries, col_labels=[f"b{j}" for j in range(n_sel)],
+                        max_cells=EXPLORER_CELLS, max_columns=EXPLORER_COLUMNS, note="rows: queries")]
 
         label = (f"seq_len={T} · cmp: {n_blocks} compressed key{'' if n_blocks == 1 else 's'} "
                  f"(blocks of l={nsa.block_size}, stride d={nsa.stride}) · sel: top {nsa.top_n} of {n_sel} "
                  f"block{'' if n_sel == 1 else 's'} of l'={nsa.select_block_size} · win: w={nsa.window} · "
                  f"products per head: NSA {counts['nsa']:,} vs dense {counts['dense']:,}")
 
-        cell = "padding:1px 10px;text-align:right;font-family:monospace"
-        head = "padding:1px 10px;text-align:right;color:#666;font-weight:normal"
         lines = [(b, f"{seen[b]:,}", f"{counts[b]:,}") for b in BRANCH_NAMES]
         lines += [("NSA (sum)", f"{sum(seen.values()):,}", f"{counts['nsa']:,}"),
                   ("dense causal", f"{int(causal_mask(T).sum()):,}", f"{counts['dense']:,}")]
         verdict = (f"NSA computes {counts['saved']:,} fewer products than dense attention" if counts["saved"] > 0
                    else f"NSA computes {-counts['saved']:,} more products than dense attention"
                    if counts["saved"] < 0 else "NSA and dense attention compute the same number of products")
-        notes = (f'<div style="font-family:sans-serif;font-size:12px;color:#333;margin:2px 0 4px 0">'
-                 f"<b>Query-key products per head at seq_len={T}</b></div>"
-                 f'<table style="border-collapse:collapse;font-family:sans-serif;font-size:12px;margin:0 0 4px 0">'
-                 f'<tr><td style="{head};text-align:left">branch</td><td style="{head}">trace masks</td>'
-                 f'<td style="{head}">qk_products</td></tr>'
-                 + "".join(f'<tr><td style="padding:1px 10px;text-align:left">{escape(a)}</td>'
-                           f'<td style="{cell}">{b}</td><td style="{cell}">{c}</td></tr>' for a, b, c in lines)
-                 + f'</table><div style="font-family:sans-serif;font-size:12px;color:#333;margin:0 0 8px 0">'
-                   f"{escape(verdict)}.</div>")
+        notes = (text(f"<b>Query-key products per head at seq_len={T}</b>", margin="2px 0 4px 0")
+                 + figures_table(lines, header=("branch", "trace masks", "qk_products"))
+                 + text(f"{escape(verdict)}.", margin="0 0 8px 0"))
 
         curves = {name: ([], []) for name in ("dense", "NSA", "cmp", "sel", "win")}
         for n in self.curve_lengths:

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 
 from .html import Html, escape
-from .palette import ROLE_EDGE, ROLE_FILL, ROLE_TAG, hex_colours
+from .palette import ROLE_EDGE, ROLE_TAG, ROLE_WIDTH, ROLES, category_colours, hex_colours
 from .png import data_uri, heatmap_png
+from .style import MONO, NOTE, shape_text
 
 __all__ = ["Sheet", "sheet", "show", "ORIENTATIONS", "MONO"]
 
 ORIENTATIONS = ("pytorch", "by_hand")
-ROLES = tuple(ROLE_FILL)
-MONO = "SFMono-Regular,Menlo,Consolas,'DejaVu Sans Mono','Liberation Mono',monospace"
+CATEGORY_SUFFIXES = ("_ids", "ids", "blocks", "expert")   # integer tensors that hold ids
 SQUARE_NAMES = ("scores", "weights", "mask")   # attention matrices: (queries, keys), both tokens
 MAX_PANELS = 16                                 # heads drawn in a summary picture
 
@@ -141,10 +141,6 @@ def format_values(values: np.ndarray, decimals: int) -> np.ndarray:
 
 # ---- the HTML --------------------------------------------------------------------------------
 
-def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
 def caption(name: str, role: str, shape: tuple, note: str = "") -> str:
     """Name (monospace, bold), what kind of tensor, and its shape as PyTorch stores it."""
     tag = ROLE_TAG.get(role, "")
@@ -154,19 +150,17 @@ def caption(name: str, role: str, shape: tuple, note: str = "") -> str:
     return (f'<div style="font-family:sans-serif;font-size:12px;color:#222;margin:0 0 3px 0;white-space:nowrap;'
             f'text-align:left"><b style="font-family:{MONO};font-size:13px">{escape(name)}</b>{tag_html} '
             f'<span style="font-family:{MONO};font-size:12px;background:#efefef;border-radius:3px;padding:0 4px">'
-            f"{escape(_shape_text(shape))}</span>{note_html}</div>")
+            f"{escape(shape_text(shape))}</span>{note_html}</div>")
 
 
 def grid_html(panel: np.ndarray, text: np.ndarray, role: str, row_labels: list[str], col_labels: list[str],
-              scale: float, cell_width: float, label_width: float) -> str:
+              scale: float, cell_width: float, label_width: float, categorical: bool = False) -> str:
     """One 2-D panel as a table: column labels on top, row labels on the left.
+    The border says the role, the fill the value (palette.py); ids get categorical fills.
     Widths are set on the label cells (table-layout auto takes a column's width from them), so two
     grids given the same cell_width line up when stacked, as in the by-hand product."""
-    edge = ROLE_EDGE.get(role, "#d4d4d4")
-    if role == "activation":
-        fills = hex_colours(panel, scale)
-    else:
-        fills = np.full(panel.shape, ROLE_FILL.get(role, "#ffffff"), dtype=object)
+    edge, width = ROLE_EDGE.get(role, "#d4d4d4"), ROLE_WIDTH.get(role, 1)
+    fills = category_colours(panel) if categorical else hex_colours(panel, scale)
     label = "color:#8a8a8a;font-size:10px;border:none;background:transparent;padding:0 3px;"
     parts = [f'<table style="border-collapse:collapse;font-family:{MONO};font-size:12px;line-height:17px;'
              f'margin:0;table-layout:auto;color:#222;width:auto">',
@@ -175,7 +169,7 @@ def grid_html(panel: np.ndarray, text: np.ndarray, role: str, row_labels: list[s
         parts.append(f'<td style="{label}text-align:center;width:{cell_width:.1f}em;min-width:{cell_width:.1f}em">'
                      f"{escape(c)}</td>")
     parts.append("</tr>")
-    cell = f"border:1px solid {edge};padding:1px 5px;text-align:right;white-space:nowrap;background:"
+    cell = f"border:{width}px solid {edge};padding:1px 5px;text-align:right;white-space:nowrap;background:"
     for r in range(panel.shape[0]):
         parts.append(f'<tr><td style="{label}text-align:right;height:19px">{escape(row_labels[r])}</td>')
         parts.extend(f'<td style="{cell}{fills[r, c]}">{text[r, c]}</td>' for c in range(panel.shape[1]))
@@ -191,7 +185,7 @@ def cell_width_for(texts: list[np.ndarray], col_labels: list[str]) -> float:
 
 def render(panels: list[np.ndarray], titles: list[str], name: str, role: str, shape: tuple, note: str,
            decimals: int, row_labels: list[str], col_labels: list[str], cell_width: float | None = None,
-           label_width: float | None = None, scale: float | None = None) -> str:
+           label_width: float | None = None, scale: float | None = None, categorical: bool = False) -> str:
     """Caption + the panels as grids side by side. Two or more panels (heads) sit in a wrapping
     flex row, so the heads that do not fit the page's width move onto the next line instead of
     running off its right edge; a single grid is one inline block."""
@@ -203,9 +197,9 @@ def render(panels: list[np.ndarray], titles: list[str], name: str, role: str, sh
     label_width = label_width or 0.62 * max([len(r) for r in row_labels] + [1]) + 0.5
     body = []
     for panel, text, title in zip(panels, texts, titles):
-        head = (f'<div style="font-family:sans-serif;font-size:11px;color:#777;margin:0 0 1px 0;'
+        head = (f'<div style="{NOTE};margin:0 0 1px 0;'
                 f'text-align:left">{escape(title)}</div>' if title else "")
-        grid = grid_html(panel, text, role, row_labels, col_labels, scale, cell_width, label_width)
+        grid = grid_html(panel, text, role, row_labels, col_labels, scale, cell_width, label_width, categorical)
         if len(panels) > 1:
             body.append(f'<div style="flex:none;margin:0 12px 0 0">{head}{grid}</div>')
         else:
@@ -222,12 +216,12 @@ def render_empty(name: str, role: str, shape: tuple, note: str) -> str:
     axes = f"axis {zero[0]} has" if len(zero) == 1 else f"axes {', '.join(zero[:-1])} and {zero[-1]} have"
     return (f'<div style="display:inline-block;vertical-align:top;text-align:left;line-height:1.4">'
             f'{caption(name, role, shape, note)}'
-            f'<div style="font-family:sans-serif;font-size:11px;color:#777;margin:2px 0 0 0;text-align:left">'
+            f'<div style="{NOTE};margin:2px 0 0 0">'
             f"empty tensor: {axes} size 0, so there are no values to draw.</div></div>")
 
 
 def render_summary(panels: list[np.ndarray], titles: list[str], name: str, role: str, shape: tuple,
-                   note: str, max_cells: int) -> str:
+                   note: str, max_cells: int, max_columns: int | None = None) -> str:
     """Caption + a heatmap picture instead of cells (the tensor is bigger than max_cells)."""
     shown = panels[:MAX_PANELS]
     floats = [p.astype(np.float64) for p in shown]
@@ -244,9 +238,11 @@ def render_summary(panels: list[np.ndarray], titles: list[str], name: str, role:
     heads = f" ({escape(titles[0])} &hellip; {escape(titles[len(shown) - 1])} left to right)" \
         if len(shown) > 1 and titles[0] else ""
     edge = ROLE_EDGE.get(role, "#d4d4d4")
-    summary = (f'<div style="font-family:sans-serif;font-size:11px;color:#777;margin:2px 0 0 0;text-align:left">'
-               f"{cells:,} values &gt; max_cells={max_cells}: summarised as a heatmap{heads}{more}. "
-               f"Blue +, red &minus;, full colour at |v| = {scale:.3g}. One value per "
+    summary = (f'<div style="{NOTE};margin:2px 0 0 0">'
+               + (f"{panels[0].shape[-1]} columns &gt; max_columns={max_columns}" if max_columns else
+                  f"{cells:,} values &gt; max_cells={max_cells}")
+               + f": summarised as a heatmap{heads}{more}. "
+               f"Blue +, orange &minus;, full colour at |v| = {scale:.3g}. One value per "
                f"{pixels}&times;{shown_h // h} px block.</div>")
     return (f'<div style="display:inline-block;vertical-align:top;text-align:left;line-height:1.4">'
             f'{caption(name, role, shape, note)}'
@@ -266,12 +262,16 @@ def orientation_note(row_kind: str, col_kind: str, orientation: str) -> str:
 
 def sheet(tensor, name: str | None = None, role: str = "activation", decimals: int = 2,
           max_cells: int = 600, row_labels=None, col_labels=None, orientation: str = "pytorch",
-          note: str | None = None) -> Sheet:
+          note: str | None = None, max_columns: int | None = None, categorical: bool | None = None) -> Sheet:
     """Draw `tensor` as a sheet (see the module docstring). Returns a Sheet; a notebook shows it.
 
     role         weight | bias | input | output | activation | buffer (sets the colour)
     decimals     places after the point
     max_cells    past this many numbers, a heatmap picture + shape instead of cells
+    max_columns  past this many columns (as drawn), a picture too (None: no limit)
+    categorical  ids, not amounts (expert ids, block ids): each value gets its own colour from a
+                 categorical palette (-1, "none", stays blank). Default: integer tensors whose
+                 name ends in "_ids" or "blocks".
     row_labels, col_labels   override the labels of the grid as drawn (after orientation)
     orientation  "pytorch" (tokens as rows) or "by_hand" (tokens as columns)
     note         the caption's grey note (plain text); default: the orientation when rows or
@@ -285,6 +285,8 @@ def sheet(tensor, name: str | None = None, role: str = "activation", decimals: i
     name = "tensor" if name is None else name
     values = as_numpy(tensor)
     shape = tuple(values.shape)
+    if categorical and not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name}: categorical=True needs whole-number ids, got {values.dtype}")
     note = None if note is None else escape(note)
     if values.size == 0:                                  # (10, 0) and the like: nothing to draw
         html = render_empty(name, role, shape, note or "")
@@ -293,8 +295,9 @@ def sheet(tensor, name: str | None = None, role: str = "activation", decimals: i
     panels, titles, row_kind, col_kind, _ = _panels(values, kinds, orientation)
     if note is None:
         note = orientation_note(row_kind, col_kind, orientation)
-    if sum(p.size for p in panels) > max_cells:
-        html = render_summary(panels, titles, name, role, shape, note, max_cells)
+    too_wide = max_columns is not None and panels[0].shape[-1] > max_columns
+    if sum(p.size for p in panels) > max_cells or too_wide:
+        html = render_summary(panels, titles, name, role, shape, note, max_cells, max_columns if too_wide else None)
         return Sheet(html, name, role, shape, orientation, True, panels, titles)
     rows, cols = panels[0].shape
     row_labels = list(row_labels) if row_labels is not None else _labels(row_kind, rows)
@@ -302,7 +305,9 @@ def sheet(tensor, name: str | None = None, role: str = "activation", decimals: i
     if len(row_labels) != rows or len(col_labels) != cols:
         raise ValueError(f"{name}: got {len(row_labels)} row labels and {len(col_labels)} column labels "
                          f"for a grid of {rows} x {cols} (as drawn, orientation={orientation!r})")
-    html = render(panels, titles, name, role, shape, note, decimals, row_labels, col_labels)
+    if categorical is None:
+        categorical = np.issubdtype(values.dtype, np.integer) and name.endswith(CATEGORY_SUFFIXES)
+    html = render(panels, titles, name, role, shape, note, decimals, row_labels, col_labels, categorical=categorical)
     return Sheet(html, name, role, shape, orientation, False, panels, titles)
 
 

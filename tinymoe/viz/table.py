@@ -12,6 +12,7 @@ from a formula typed in here, so the table cannot disagree with the model.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from torch import nn
@@ -20,8 +21,8 @@ from ..config import ModelConfig
 from ..sizes import parameter_counts
 from .forward import Run, traced_forward
 from .html import Html, escape
-from .palette import ROLE_EDGE, ROLE_FILL
-from .sheet import MONO
+from .palette import ROLE_EDGE, ROLE_WIDTH
+from .style import MONO, shape_text
 
 __all__ = ["ShapeRow", "ShapesTable", "shapes_table", "settings_of"]
 
@@ -124,10 +125,6 @@ def _merge(rows: list[ShapeRow], previous: list[ShapeRow]) -> list[ShapeRow]:
     return merged
 
 
-def _shape(shape) -> str:
-    return "" if shape is None else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
 def _count(n) -> str:
     return "" if n is None else f"{n:,}"
 
@@ -195,7 +192,7 @@ class ShapesTable(Html):
                f'<tr style="background:transparent"><td style="{head}">tensor / module</td>'
                f'<td style="{head}">shape</td><td style="{head}text-align:right">parameters</td></tr>']
         modules_started = False
-        for r in self.rows:
+        for r in collapse_layers(self.rows):
             if r.kind != "tensor" and not modules_started:
                 modules_started = True
                 out.append(f'<tr style="background:transparent"><td colspan="3" style="{td}color:#777;'
@@ -205,10 +202,10 @@ class ShapesTable(Html):
             name = escape(r.name) + (f' <span style="color:#999">{escape(r.module_type)}</span>'
                                      if r.module_type and r.kind == "module" else "")
             swatch = (f'<span style="display:inline-block;width:9px;height:9px;margin-right:5px;'
-                      f'background:{ROLE_FILL.get(r.role, "#fff")};border:1px solid {ROLE_EDGE.get(r.role, "#ccc")}">'
+                      f'background:#ffffff;border:{ROLE_WIDTH.get(r.role, 1)}px solid {ROLE_EDGE.get(r.role, "#ccc")}">'
                       f"</span>" if r.kind == "tensor" else "")
             weight = "font-weight:bold;" if r.kind == "total" else ""
-            shape = _shape(r.shape)
+            shape = shape_text(r.shape)
             params = _count(r.parameters)
             if r.buffers and r.kind != "tensor":
                 params += f' <span style="color:#999">+{r.buffers:,} buffer</span>'
@@ -216,7 +213,7 @@ class ShapesTable(Html):
                 params = '<span style="color:#999">buffer</span>'
             if r.status == "changed":
                 if r.old_shape != r.shape:
-                    shape = f'<s style="color:#999">{_shape(r.old_shape)}</s> {shape}'
+                    shape = f'<s style="color:#999">{shape_text(r.old_shape)}</s> {shape}'
                 if r.old_parameters != r.parameters:
                     params = f'<s style="color:#999">{_count(r.old_parameters)}</s> {params}'
             elif r.status == "new":
@@ -231,6 +228,46 @@ class ShapesTable(Html):
                        f'<td style="{td}{weight}text-align:right;font-family:{MONO};background:{fill}">{params}</td></tr>')
         out.append("</table></div>")
         return "".join(out)
+
+
+LAYER = re.compile(r"^layers\.(\d+)(\.|$)(.*)$")
+
+
+def collapse_layers(rows: list[ShapeRow]) -> list[ShapeRow]:
+    """Rows of identical layers drawn once: when every layer has the same row (same shape, same
+    parameters, same status), `layers.0.attn.q` .. `layers.3.attn.q` become one row named
+    `layers.0-3.attn.q (×4)` with the parameters of all four added up. A layer that differs (an
+    MoE layer among dense ones, a changed row) keeps its own rows. The table's data (.rows) is not
+    changed: this is only how it is drawn."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        m = LAYER.match(r.name)
+        if m:
+            groups.setdefault((r.kind, m.group(3), r.shape, r.parameters, r.status, r.old_shape,
+                               r.old_parameters, r.module_type), []).append(i)
+    layers = {int(m.group(1)) for r in rows if (m := LAYER.match(r.name))}
+    if len(layers) < 2:
+        return rows
+    merged, skip = [], set()
+    for i, r in enumerate(rows):
+        if i in skip:
+            continue
+        m = LAYER.match(r.name)
+        key = (r.kind, m.group(3), r.shape, r.parameters, r.status, r.old_shape, r.old_parameters,
+               r.module_type) if m else None
+        members = groups.get(key, [i]) if m else [i]
+        numbers = sorted(int(LAYER.match(rows[j].name).group(1)) for j in members) if m else []
+        if m and len(members) > 1 and numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            skip.update(members)
+            rest = m.group(3)
+            name = f"layers.{numbers[0]}-{numbers[-1]}{'.' + rest if rest else ''} (×{len(members)})"
+            total = None if r.parameters is None else r.parameters * len(members)
+            old = None if r.old_parameters is None else r.old_parameters * len(members)
+            merged.append(dataclasses.replace(r, name=name, parameters=total, old_parameters=old,
+                                              buffers=r.buffers * len(members)))
+        else:
+            merged.append(r)
+    return merged
 
 
 def _collapse_groups(changes: dict, before: dict, after: dict) -> dict:
