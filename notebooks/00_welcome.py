@@ -201,9 +201,17 @@ print("back to:", explorer.shape_label)
 # | [05 Grouped-query attention](05_grouped_query_attention.ipynb) | MHA → GQA → MQA, parameters and KV-cache memory | ready |
 # | [06 MoE gating](06_moe_gating.ipynb) | experts, routers, top-k, capacity and dropped tokens, load balancing, float32 routers | ready |
 # | [07 Native sparse attention](07_native_sparse_attention.ipynb) | compressed, selected and sliding-window branches | ready |
-# | [08 Putting it together](08_putting_it_together.ipynb) | a tiny MoE language model trained on Python's own documentation: loss, expert load, who goes where | ready |
+# | [08 Putting it together](08_putting_it_together.ipynb) | a tiny MoE language model trained on Python's own documentation with `tinymoe.train`: loss, expert load, who goes where, against a dense baseline | ready |
 # | [09 GPU scale](09_gpu_scale.ipynb) | the Triton routing kernel, full-size figures | ready |
-# | 10 Beyond one machine | expert parallelism with all-to-all dispatch | coming |
+# | [10 Llama 1 to 4](10_llama_1_to_4.ipynb) | one config changed step by step: RoPE, RMSNorm, SwiGLU, GQA, vocabulary, Llama 4's chunked / NoPE layers and MoE; real parameter counts | ready |
+# | [11 Flash attention and the KV cache](11_flash_attention_kv_cache.ipynb) | the online softmax by hand, tiles and bytes moved, the Triton kernel, the cache filling token by token | ready |
+# | [12 Mixture-of-Depths](12_mixture_of_depths.ipynb) | a router that picks which tokens a block computes; causal sampling and its fixes; MoDE | ready |
+# | [13 A real model](13_real_model.ipynb) | SmolLM2-135M on the same `TinyLM`: real heads, the logit lens, its MLPs split into experts | ready |
+# | [14 Beyond one machine](14_expert_parallelism.ipynb) | expert parallelism with all-to-all dispatch over `torch.distributed` | ready |
+#
+# **A reading order for a course:** 00-07 build the pieces at spreadsheet size; 10 puts them
+# together as the Llama line; 11 shows how attention really runs; 08 trains a model; 12 routes
+# tokens through depth; 13 runs a real model on the same code; 09 and 14 scale to one GPU and to many.
 #
 # Each notebook opens with what you will be able to do and where we are in the model, works at
 # spreadsheet size with every tensor on a sheet, hands you the explorer, scales up with a heatmap,
@@ -211,7 +219,7 @@ print("back to:", explorer.shape_label)
 #
 # ## Exercises
 #
-# `exercises/release/` has one notebook per topic (01-08; 08 is the Triton kernel's alignment step): small functions to write (the attention
+# `exercises/release/` has one notebook per topic (01-08, then 10-12; 08 is the Triton kernel's alignment step): small functions to write (the attention
 # weights, a safe softmax, a RoPE rotation, ...), each a stub followed by a one-line check. A check
 # runs hidden cases against the library and ends in one of three states: *not attempted* (the stub
 # still raises `NotImplementedError`), *incorrect* (it says which step failed, e.g. the output shape
