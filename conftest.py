@@ -1,6 +1,22 @@
-"""Project-wide pytest set-up: give the notebooks run by nbval the `nbval` marker, so
-`pytest -m nbval` (or `-m "not nbval"`) selects them like every other part."""
-import pytest
+"""Project-wide pytest set-up.
+
+1. Triton's CPU interpreter, switched on before anything imports Triton. Triton reads
+   TRITON_INTERPRET when a kernel is defined (`@triton.jit`), and a test, an exercise or a
+   notebook kernel may define one before `tinymoe.kernels` gets the chance to set it. So on a
+   machine without a CUDA device, every pytest command (`pytest -m exercises`, `-m triton`, ...)
+   runs the kernels in the interpreter, as `make test` does; child processes (nbval's kernels,
+   the grader's sandboxes) inherit it. A value already set is kept (`TRITON_INTERPRET=0` on a GPU).
+2. The notebooks run by nbval get the `nbval` marker, so `pytest -m nbval` (or `-m "not nbval"`)
+   selects them like every other part.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

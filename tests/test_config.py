@@ -1,5 +1,6 @@
 """ModelConfig / MoEConfig / SparseAttentionConfig: every impossible configuration is refused with
-one ConfigError that names the field and the value, before any tensor (or torch error) exists."""
+one ConfigError that names the field and the value, when the config is made, before any tensor
+(or torch error) exists. Modules trust a config; a model keeps its own copy."""
 from __future__ import annotations
 
 import math
@@ -7,8 +8,7 @@ import math
 import pytest
 import torch
 
-from tinymoe import (ConfigError, DecoderBlock, ModelConfig, MoEConfig, MultiHeadAttention,
-                     SparseAttentionConfig, TinyLM, make_feedforward)
+from tinymoe import ConfigError, ModelConfig, MoEConfig, MultiHeadAttention, SparseAttentionConfig, TinyLM
 
 NAN, INF = float("nan"), float("inf")
 
@@ -145,9 +145,8 @@ def test_default_configs_are_valid():
 @pytest.mark.parametrize("fields,field,value", [row[1:] for row in BAD_MODEL_CONFIGS],
                          ids=[row[0] for row in BAD_MODEL_CONFIGS])
 def test_bad_model_config_names_field_and_value(fields, field, value):
-    config = ModelConfig(**fields)           # building the dataclass never raises; validate() does
     with pytest.raises(ConfigError) as info:
-        config.validate()
+        ModelConfig(**fields)                # checked when it is made
     _assert_names_field_and_value(info.value, field, value)
 
 
@@ -155,11 +154,14 @@ def test_bad_model_config_names_field_and_value(fields, field, value):
                          ids=[row[0] for row in BAD_MOE_CONFIGS])
 def test_bad_moe_config_names_field_and_value(fields, field, value):
     with pytest.raises(ConfigError) as info:
-        MoEConfig(**fields).validate()
+        MoEConfig(**fields)
     _assert_names_field_and_value(info.value, "moe." + field, value)
-    # The same rule fires when the MoEConfig sits inside a ModelConfig.
+    # The same rule fires when a MoEConfig edited after it was made sits inside a ModelConfig.
+    moe = MoEConfig()
+    for name, changed in fields.items():
+        setattr(moe, name, changed)
     with pytest.raises(ConfigError) as info:
-        ModelConfig(d_model=8, n_heads=2, moe=MoEConfig(**fields)).validate()
+        ModelConfig(d_model=8, n_heads=2, moe=moe)
     _assert_names_field_and_value(info.value, "moe." + field, value)
 
 
@@ -167,36 +169,52 @@ def test_bad_moe_config_names_field_and_value(fields, field, value):
                          ids=[row[0] for row in BAD_NSA_CONFIGS])
 def test_bad_sparse_attention_config_names_field_and_value(fields, field, value):
     with pytest.raises(ConfigError) as info:
-        SparseAttentionConfig(**fields).validate()
+        SparseAttentionConfig(**fields)
     _assert_names_field_and_value(info.value, "nsa." + field, value)
+    nsa = SparseAttentionConfig()
+    for name, changed in fields.items():
+        setattr(nsa, name, changed)
     with pytest.raises(ConfigError) as info:
-        ModelConfig(d_model=8, n_heads=2, attention="native_sparse", nsa=SparseAttentionConfig(**fields)).validate()
+        ModelConfig(d_model=8, n_heads=2, attention="native_sparse", nsa=nsa, max_seq_len=1024)
     _assert_names_field_and_value(info.value, "nsa." + field, value)
 
 
-# Modules must refuse a bad config at construction, with the same ConfigError, never a torch error.
-MODULE_BUILDERS = {
-    "MultiHeadAttention": MultiHeadAttention,
-    "DecoderBlock": DecoderBlock,
-    "TinyLM": TinyLM,
-    "make_feedforward": make_feedforward,
-}
+# A config is checked once, when it is made; the modules trust it. A model copies its config and
+# checks the copy, so a config edited into an impossible one after it was made is still caught at
+# the model, and editing it after the model was built changes nothing.
+def _edited_into(fields):
+    config = ModelConfig()                                              # each row is the defaults but one thing
+    for name, value in fields.items():
+        setattr(config, name, value)
+    return config
 
 
-@pytest.mark.parametrize("builder", MODULE_BUILDERS.values(), ids=MODULE_BUILDERS.keys())
 @pytest.mark.parametrize("fields,field,value", [row[1:] for row in BAD_MODEL_CONFIGS],
                          ids=[row[0] for row in BAD_MODEL_CONFIGS])
-def test_every_module_validates_its_config_at_construction(builder, fields, field, value):
-    config = ModelConfig(**fields)
+def test_a_model_checks_a_config_edited_after_it_was_made(fields, field, value):
+    config = _edited_into(fields)
     try:
-        builder(config)
+        TinyLM(config)
     except ConfigError as err:
         _assert_names_field_and_value(err, field, value)
     except Exception as err:   # noqa: BLE001 - the point is to report which other error leaked
-        pytest.fail(f"{builder.__name__}(ModelConfig(**{fields})) raised {type(err).__name__}: {err} "
-                    f"instead of a ConfigError naming {field}")
+        pytest.fail(f"TinyLM(config edited to {fields}) raised {type(err).__name__}: {err} instead of a ConfigError")
     else:
-        pytest.fail(f"{builder.__name__}(ModelConfig(**{fields})) built a module from an invalid config")
+        pytest.fail(f"TinyLM built a model from a config edited to {fields}")
+
+
+def test_a_model_keeps_its_own_copy_of_the_config():
+    config = ModelConfig(d_model=8, n_heads=2, max_seq_len=16)
+    model = TinyLM(config)
+    config.n_heads = 3                                                  # impossible now, and too late
+    assert model.config.n_heads == 2 and model.config is not config
+    logits = model(torch.zeros(1, 4, dtype=torch.long)).logits
+    assert logits.shape == (1, 4, 32)
+
+
+def test_a_non_config_given_to_a_model_names_the_argument():
+    with pytest.raises(ConfigError, match=r"config=\{'d_model': 8\} must be a ModelConfig"):
+        TinyLM({"d_model": 8})
 
 
 def test_multihead_attention_refuses_a_bad_config():
@@ -222,7 +240,7 @@ GOOD_CONFIGS = {
 
 @pytest.mark.parametrize("fields", GOOD_CONFIGS.values(), ids=GOOD_CONFIGS.keys())
 def test_valid_configs_build_and_run(fields):
-    config = ModelConfig(vocab_size=13, n_layers=2, max_seq_len=16, **fields).validate()
+    config = ModelConfig(vocab_size=13, n_layers=2, max_seq_len=16, **fields)
     model = TinyLM(config)
     tokens = torch.randint(0, 13, (2, 7), generator=torch.Generator().manual_seed(0))
     logits = model(tokens).logits
@@ -243,7 +261,7 @@ def test_derived_sizes():
     assert ModelConfig(d_model=12, n_heads=6, head_dim=4, v_head_dim=3).v_dims == (3,) * 6
 
 
-def test_replace_validates_the_copy():
+def test_replace_checks_the_copy():
     config = ModelConfig(d_model=8, n_heads=2)
     assert config.replace(n_heads=4).n_heads == 4
     assert config.n_heads == 2, "replace() must not change the original"

@@ -16,7 +16,8 @@ def moe_config(d_model=8, d_ff=12, **moe):
     (8, 4, 1.0, 2),        # exact
     (10, 4, 1.0, 3),       # 2.5 rounds up
     (9, 4, 1.25, 3),       # 2.8125 rounds up
-    (10, 1, 1.1, 11),      # 11.000000000000002 in floats; exactly 11
+    (20, 2, 1.1, 11),      # 11.000000000000002 in floats; exactly 11
+    (10, 1, 3.0, 10),      # never more seats than tokens: a huge factor is dropless
     (3, 8, 1.0, 1),        # fewer tokens than experts: still one seat
     (0, 4, 1.0, 0),
 ])

@@ -119,15 +119,34 @@ def test_same_input_twice_gives_bitwise_equal_outputs_and_gradients(dtype):
             f"{name} differs between two identical runs: max {(first - second).abs().max():.3g}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_permuting_the_batch_permutes_the_outputs_exactly(dtype):
+def _outputs_of_a_batch_and_its_permutation(dtype):
     x, ids, gates, w_gate, w_up, w_down = _problem("many tokens", dtype)
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(3)).to(DEVICE)
     out = triton_moe_dispatch(x, ids, gates, w_gate, w_up, w_down)
     out_perm = triton_moe_dispatch(x[perm], ids[perm], gates[perm], w_gate, w_up, w_down)
-    assert torch.equal(out_perm, out[perm]), (
-        f"out(x[perm]) != out(x)[perm]: max difference {(out_perm - out[perm]).abs().max():.3g}; "
+    return out_perm, out[perm]
+
+
+# What is promised where. The GPU kernel computes each row of a tile with the same instructions in
+# the same order wherever the row sits, so permuting the batch permutes the outputs bit for bit.
+# In the interpreter tl.dot is numpy's BLAS, which may pick another summation order for a row by
+# its place in the tile (it varies with the CPU: OPENBLAS_CORETYPE=Haswell differs by 7e-7), so
+# there the promise is equality within the float32 rounding of one tile's dot products.
+@pytest.mark.skipif(interpreted(), reason="bitwise batch invariance is a property of the compiled GPU kernel; "
+                                          "the interpreter's numpy BLAS rounds by tile position (see the next test)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_permuting_the_batch_permutes_the_outputs_exactly_on_a_gpu(dtype):
+    out_perm, expected = _outputs_of_a_batch_and_its_permutation(dtype)
+    assert torch.equal(out_perm, expected), (
+        f"out(x[perm]) != out(x)[perm]: max difference {(out_perm - expected).abs().max():.3g}; "
         f"each token's result must not depend on where it sits in the batch")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_permuting_the_batch_permutes_the_outputs_within_rounding(dtype):
+    out_perm, expected = _outputs_of_a_batch_and_its_permutation(dtype)
+    assert_close(out_perm, expected, "out(x[perm]) vs out(x)[perm] (each token's result must not depend "
+                 "on where it sits in the batch beyond float32 rounding)", dtype)
 
 
 # ---- backward ------------------------------------------------------------------------------

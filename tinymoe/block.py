@@ -47,7 +47,6 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
-        config.validate()
         self.norm_1 = make_norm(config, name="norm_1")
         self.attn = make_attention(config, layer)
         self.norm_2 = make_norm(config, name="norm_2")

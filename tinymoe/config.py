@@ -4,14 +4,26 @@ The same `ModelConfig` builds a model at spreadsheet size (10 tokens, d_model 5)
 size (d_model 4096). `validate()` turns an impossible combination into one `ConfigError` whose
 message names the field, the value and the rule, so a reader (or a widget) never sees a torch
 shape error from deep inside a matmul.
+
+A config is checked when it is made (`__post_init__` runs `validate()`, and `replace()` makes a
+checked copy), so the modules built from it trust it and never check it again. A model keeps its
+own copy, so changing a config afterwards cannot break a model already built from it.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 
-__all__ = ["ConfigError", "ModelConfig", "MoEConfig", "SparseAttentionConfig", "MoDConfig"]
+__all__ = ["ConfigError", "ModelConfig", "MoEConfig", "SparseAttentionConfig", "MoDConfig", "whole_number",
+           "real_number", "MAX_SIZE", "MAX_LAYERS"]
+
+# The largest size any dimension may have: 2**31 - 1, what a 32-bit index (a GPU kernel's, a
+# cuBLAS dimension) can reach. Real models stay far below it (Llama 3's vocabulary: 128256).
+MAX_SIZE = 2**31 - 1
+# The deepest published decoders have a few hundred blocks; building 10**9 would take days.
+MAX_LAYERS = 1024
 
 
 class ConfigError(ValueError):
@@ -21,7 +33,17 @@ class ConfigError(ValueError):
         self.field, self.value, self.rule = field, value, rule
         # "n_heads=6 is not a multiple of ..." reads as a sentence; other rules follow a colon.
         joiner = " " if rule.startswith(("is ", "must ", "cannot ", "needs ")) else ": "
-        super().__init__(f"{field}={value!r}{joiner}{rule}")
+        super().__init__(f"{field}={_short_repr(value)}{joiner}{rule}")
+
+
+def _short_repr(value) -> str:
+    """repr(value), cut short when it is huge (an int of 400 digits, a long list)."""
+    text = repr(value)
+    if len(text) <= 80:
+        return text
+    if isinstance(value, int):
+        return f"{text[:12]}...({len(text)} digits)"
+    return text[:60] + "..."
 
 
 NORMS = ("rmsnorm", "layernorm")
@@ -36,11 +58,31 @@ MOD_WEIGHTS = ("sigmoid", "logit", "one")
 ATTENTION_BACKENDS = ("eager", "flash", "flash_triton")
 
 
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, value, "must be a whole number")
-    if value <= 0:
-        raise ConfigError(name, value, "must be a positive whole number")
+def whole_number(name: str, value, low: int = 1, high: int = MAX_SIZE, why: str = "") -> int:
+    """The one check for "a whole number in a range": an int (not a bool, not 4.0, not "4") with
+    low <= value <= high, else a ConfigError naming `name`. Every size in tinymoe goes through it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(name, value, "must be a whole number" + (" (an int)" if isinstance(value, float) else ""))
+    if value < low:
+        raise ConfigError(name, value, "must be a positive whole number" if low == 1 else f"must be a whole number >= {low}")
+    if value > high:
+        reason = why or ("sizes beyond 2**31 - 1 do not fit a 32-bit index" if high == MAX_SIZE else "")
+        raise ConfigError(name, value, f"must be at most {high}" + (f": {reason}" if reason else ""))
+    return int(value)
+
+
+def real_number(name: str, value, rule: str, ok=lambda v: True) -> float:
+    """A real, finite number (not a bool, a string, NaN, inf, or an int too large for a float)
+    for which ok(value) holds, else a ConfigError naming `name` with `rule`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(name, value, rule)
+    try:
+        number = float(value)
+    except OverflowError:                              # an int beyond 1.8e308
+        raise ConfigError(name, value, rule) from None
+    if not math.isfinite(number) or not ok(number):
+        raise ConfigError(name, value, rule)
+    return number
 
 
 def _one_of(name: str, value, choices) -> None:
@@ -53,10 +95,9 @@ def _flag(name: str, value) -> None:
         raise ConfigError(name, value, "must be True or False")
 
 
-def _number(name: str, value, rule: str, ok) -> None:
-    """A real, finite number (not a bool, not NaN/inf) for which ok(value) holds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ConfigError(name, value, rule)
+# Loss coefficients beyond this would let one auxiliary loss swamp the language-model loss (and
+# overflow float32 when multiplied); the papers use 1e-3 .. 1e-1.
+MAX_LOSS_COEF = 1000.0
 
 
 @dataclass
@@ -103,8 +144,8 @@ class MoEConfig:
     routed_scaling_factor: float = 1.0
 
     def validate(self, prefix: str = "moe.") -> "MoEConfig":
-        _positive_int(prefix + "n_experts", self.n_experts)
-        _positive_int(prefix + "top_k", self.top_k)
+        whole_number(prefix + "n_experts", self.n_experts)
+        whole_number(prefix + "top_k", self.top_k)
         _one_of(prefix + "router", self.router, ROUTERS)
         _one_of(prefix + "dispatch", self.dispatch, DISPATCHES)
         if self.top_k > self.n_experts:
@@ -113,37 +154,35 @@ class MoEConfig:
         if self.router == "switch" and self.top_k != 1:
             raise ConfigError(prefix + "top_k", self.top_k, "the switch router sends each token to exactly one expert (top_k=1)")
         if self.capacity_factor is not None:
-            if isinstance(self.capacity_factor, bool) or not isinstance(self.capacity_factor, (int, float)) \
-                    or not math.isfinite(self.capacity_factor) or self.capacity_factor <= 0:
-                raise ConfigError(prefix + "capacity_factor", self.capacity_factor,
-                                  "must be a positive number, or None for dropless routing")
+            real_number(prefix + "capacity_factor", self.capacity_factor,
+                        "must be a positive number, or None for dropless routing", lambda v: v > 0)
         if self.router in ("switch", "expert_choice") and self.capacity_factor is None:
             raise ConfigError(prefix + "capacity_factor", None,
                               f"the {self.router} router needs a capacity_factor (expert capacity = ceil(cf * tokens / n_experts))")
-        if isinstance(self.n_shared_experts, bool) or not isinstance(self.n_shared_experts, int) or self.n_shared_experts < 0:
-            raise ConfigError(prefix + "n_shared_experts", self.n_shared_experts, "must be a whole number >= 0")
+        whole_number(prefix + "n_shared_experts", self.n_shared_experts, low=0)
         if self.d_ff_expert is not None:
-            _positive_int(prefix + "d_ff_expert", self.d_ff_expert)
-        if self.shared_expert_gate is True and self.n_shared_experts == 0:
+            whole_number(prefix + "d_ff_expert", self.d_ff_expert)
+        for name in ("renormalize", "router_fp32", "shared_expert_gate"):
+            _flag(prefix + name, getattr(self, name))
+        if self.shared_expert_gate and self.n_shared_experts == 0:
             raise ConfigError(prefix + "shared_expert_gate", True,
                               "gates the shared experts' output, so it needs n_shared_experts >= 1")
-        _positive_int(prefix + "every_n_layers", self.every_n_layers)
-        _positive_int(prefix + "slots_per_expert", self.slots_per_expert)
-        for name in ("renormalize", "router_fp32", "shared_expert_gate"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(prefix + name, getattr(self, name), "must be True or False")
-        for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate"):
-            _number(prefix + name, getattr(self, name), "must be a finite number >= 0", lambda v: v >= 0)
-        for name in ("renormalize", "router_fp32"):
-            _flag(prefix + name, getattr(self, name))
+        whole_number(prefix + "every_n_layers", self.every_n_layers, high=MAX_LAYERS,
+                     why=f"a model has at most {MAX_LAYERS} layers")
+        whole_number(prefix + "slots_per_expert", self.slots_per_expert)
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            real_number(prefix + name, getattr(self, name),
+                        f"must be a finite number from 0 to {MAX_LOSS_COEF:g} (the papers use 1e-3 .. 1e-1)",
+                        lambda v: 0 <= v <= MAX_LOSS_COEF)
+        real_number(prefix + "bias_update_rate", self.bias_update_rate, "must be a finite number >= 0", lambda v: v >= 0)
         self._validate_groups(prefix)
         return self
 
     def _validate_groups(self, prefix: str) -> None:
         """DeepSeek-V3's group-limited routing and Llama 4's router."""
-        _positive_int(prefix + "n_group", self.n_group)
-        _positive_int(prefix + "topk_group", self.topk_group)
-        _number(prefix + "routed_scaling_factor", self.routed_scaling_factor,
+        whole_number(prefix + "n_group", self.n_group)
+        whole_number(prefix + "topk_group", self.topk_group)
+        real_number(prefix + "routed_scaling_factor", self.routed_scaling_factor,
                 "must be a finite number > 0 (DeepSeek-V3 uses 2.5)", lambda v: v > 0)
         if self.n_experts % self.n_group != 0:
             raise ConfigError(prefix + "n_group", self.n_group,
@@ -166,6 +205,9 @@ class MoEConfig:
         if self.router == "llama4" and self.capacity_factor is not None:
             raise ConfigError(prefix + "capacity_factor", self.capacity_factor,
                               "the llama4 router is dropless: use capacity_factor=None")
+
+    def __post_init__(self):
+        self.validate()
 
 
 @dataclass
@@ -192,11 +234,9 @@ class SparseAttentionConfig:
 
     def validate(self, prefix: str = "nsa.") -> "SparseAttentionConfig":
         for name in ("block_size", "stride", "select_block_size", "top_n", "window"):
-            _positive_int(prefix + name, getattr(self, name))
+            whole_number(prefix + name, getattr(self, name))
         for name in ("n_initial_blocks", "n_local_blocks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(prefix + name, value, "must be a whole number >= 0")
+            whole_number(prefix + name, getattr(self, name), low=0)
         if self.n_initial_blocks + self.n_local_blocks > self.top_n:
             raise ConfigError(prefix + "top_n", self.top_n,
                               f"must leave room for the n_initial_blocks={self.n_initial_blocks} + "
@@ -209,6 +249,9 @@ class SparseAttentionConfig:
             raise ConfigError(prefix + "select_block_size", self.select_block_size,
                               f"must be a multiple of stride={self.stride} so compressed scores map onto selection blocks")
         return self
+
+    def __post_init__(self):
+        self.validate()
 
 
 @dataclass
@@ -244,10 +287,10 @@ class MoDConfig:
     def validate(self, prefix: str = "mod.") -> "MoDConfig":
         _one_of(prefix + "kind", self.kind, MOD_KINDS)
         _one_of(prefix + "router_weight", self.router_weight, MOD_WEIGHTS)
-        _number(prefix + "capacity", self.capacity,
+        real_number(prefix + "capacity", self.capacity,
                 "must be a share of the sequence, 0 < capacity <= 1 (0.125 routes one token in eight)",
                 lambda v: 0 < v <= 1)
-        _positive_int(prefix + "every_n_layers", self.every_n_layers)
+        whole_number(prefix + "every_n_layers", self.every_n_layers)
         if self.layers is not None:
             if isinstance(self.layers, (str, bytes)) or not isinstance(self.layers, (tuple, list)):
                 raise ConfigError(prefix + "layers", self.layers, "must be a tuple of block indices, e.g. (1, 3)")
@@ -256,9 +299,9 @@ class MoDConfig:
                     raise ConfigError(f"{prefix}layers[{i}]", layer, "must be a block index, a whole number >= 0")
             if len(set(self.layers)) != len(self.layers):
                 raise ConfigError(prefix + "layers", tuple(self.layers), "names a block twice")
-        _number(prefix + "aux_loss_coef", self.aux_loss_coef, "must be a finite number >= 0", lambda v: v >= 0)
+        real_number(prefix + "aux_loss_coef", self.aux_loss_coef, "must be a finite number >= 0", lambda v: v >= 0)
         _flag(prefix + "predictor", self.predictor)
-        _positive_int(prefix + "predictor_hidden", self.predictor_hidden)
+        whole_number(prefix + "predictor_hidden", self.predictor_hidden)
         if isinstance(self.n_noop_experts, bool) or not isinstance(self.n_noop_experts, int) or self.n_noop_experts < 0:
             raise ConfigError(prefix + "n_noop_experts", self.n_noop_experts, "must be a whole number >= 0")
         if self.kind == "integrated" and self.n_noop_experts < 1:
@@ -371,8 +414,8 @@ class ModelConfig:
         return self.n_heads // self.kv_heads
 
     def replace(self, **changes) -> "ModelConfig":
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes).validate()
+        """A copy with some fields changed (checked, like every config, when it is made)."""
+        return dataclasses.replace(self, **changes)
 
     def layer_uses_rope(self, layer: int) -> bool:
         """RoPE in this layer? (Llama 4: not in every no_rope_layer_interval-th layer, the NoPE layers.)"""
@@ -394,11 +437,13 @@ class ModelConfig:
     # ---- the rules ---------------------------------------------------------------------
     def validate(self) -> "ModelConfig":
         """Raise ConfigError naming the field, the value and the rule; return self if sound."""
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            _positive_int(name, getattr(self, name))
+        for name in ("vocab_size", "d_model", "n_heads", "max_seq_len"):
+            whole_number(name, getattr(self, name))
+        whole_number("n_layers", self.n_layers, high=MAX_LAYERS,
+                     why="the deepest published decoders have a few hundred blocks; this many would take hours to build")
         for name in ("n_kv_heads", "head_dim", "v_head_dim", "d_ff", "window"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                whole_number(name, getattr(self, name))
         _one_of("ffn", self.ffn, FFNS)
         _one_of("position", self.position, POSITIONS)
         _one_of("rope_pairing", self.rope_pairing, ROPE_PAIRINGS)
@@ -423,7 +468,7 @@ class ModelConfig:
             if len(dims) != self.n_heads:
                 raise ConfigError("v_head_dims", dims, f"needs one value size per head (n_heads={self.n_heads})")
             for i, d in enumerate(dims):
-                _positive_int(f"v_head_dims[{i}]", d)
+                whole_number(f"v_head_dims[{i}]", d)
             if self.kv_heads != self.n_heads:
                 raise ConfigError("v_head_dims", dims,
                                   "unequal value sizes need one key/value head per query head (n_kv_heads == n_heads)")
@@ -435,8 +480,8 @@ class ModelConfig:
         if self.position == "sinusoidal" and self.d_model % 2 != 0:
             raise ConfigError("d_model", self.d_model,
                               "must be even with position='sinusoidal': sine and cosine fill the dimensions in pairs")
-        _number("rope_base", self.rope_base, "must be a finite number > 1 (Llama uses 10000 or 500000)", lambda v: v > 1)
-        _number("norm_eps", self.norm_eps, "must be a small positive finite number, e.g. 1e-5", lambda v: v > 0)
+        real_number("rope_base", self.rope_base, "must be a finite number > 1 (Llama uses 10000 or 500000)", lambda v: v > 1)
+        real_number("norm_eps", self.norm_eps, "must be a small positive finite number, e.g. 1e-5", lambda v: v > 0)
         for name in ("causal", "bias", "tie_embeddings"):
             _flag(name, getattr(self, name))
         self._validate_llama4()
@@ -482,17 +527,18 @@ class ModelConfig:
                 raise ConfigError("attention_backend", self.attention_backend,
                                   f"needs one value size for every head (v_head_dims={self.v_head_dims}): the flash "
                                   f"kernels process all heads alike; use 'eager' for unequal value sizes")
+        self._validate_lengths()
         return self
 
     def _validate_llama4(self) -> None:
         """Llama 4's attention fields: chunked local attention, NoPE layers, QK-norm, temperature tuning."""
         for name in ("attention_chunk_size", "no_rope_layer_interval"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                whole_number(name, getattr(self, name))
         for name in ("qk_norm", "attn_temperature_tuning"):
             _flag(name, getattr(self, name))
-        _number("floor_scale", self.floor_scale, "must be a finite number > 0 (Llama 4 uses 8192)", lambda v: v > 0)
-        _number("attn_scale", self.attn_scale, "must be a finite number >= 0 (Llama 4 uses 0.1)", lambda v: v >= 0)
+        real_number("floor_scale", self.floor_scale, "must be a finite number > 0 (Llama 4 uses 8192)", lambda v: v > 0)
+        real_number("attn_scale", self.attn_scale, "must be a finite number >= 0 (Llama 4 uses 0.1)", lambda v: v >= 0)
         if self.attention_chunk_size is not None and self.attention != "dense":
             raise ConfigError("attention_chunk_size", self.attention_chunk_size,
                               f"chunked local attention replaces dense attention; it cannot combine with "
@@ -501,9 +547,21 @@ class ModelConfig:
             raise ConfigError("no_rope_layer_interval", self.no_rope_layer_interval,
                               f"NoPE layers are the layers without RoPE in a RoPE model; position={self.position!r}")
 
+    def _validate_lengths(self) -> None:
+        """A sliding window or a block longer than the longest sequence never fills: almost surely a
+        typo. (Native sparse attention's window may exceed it: that branch then covers every key.)"""
+        longest = f"max_seq_len={self.max_seq_len}: no sequence is that long; raise max_seq_len or shorten it"
+        if self.attention == "sliding_window" and self.window > self.max_seq_len:
+            raise ConfigError("window", self.window, "cannot exceed " + longest)
+        if self.attention == "native_sparse":
+            for name in ("block_size", "select_block_size"):
+                if getattr(self.nsa, name) > self.max_seq_len:
+                    raise ConfigError("nsa." + name, getattr(self.nsa, name), "cannot exceed " + longest)
+
     def __post_init__(self):
-        # A list is accepted for convenience; anything else odd is left for validate() to name.
+        # A list is accepted for convenience; anything else odd is for validate() to name.
         if isinstance(self.v_head_dims, list):
             self.v_head_dims = tuple(self.v_head_dims)
         if self.mod is not None and isinstance(getattr(self.mod, "layers", None), list):
             self.mod.layers = tuple(self.mod.layers)
+        self.validate()

@@ -12,16 +12,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig, whole_number
 from .trace import Trace, record
 
 __all__ = ["MLP", "SwiGLU", "make_feedforward", "relu_hidden", "swiglu_hidden"]
 
 
 def _check(d_model, d_ff) -> None:
-    for name, value in (("d_model", d_model), ("d_ff", d_ff)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(name, value, "must be a positive whole number")
+    whole_number("d_model", d_model)
+    whole_number("d_ff", d_ff)
 
 
 def relu_hidden(x: torch.Tensor, w_1: torch.Tensor, b_1: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,7 +82,6 @@ class SwiGLU(nn.Module):
 
 def make_feedforward(config: ModelConfig, d_ff: int | None = None, name: str = "ffn") -> nn.Module:
     """The dense feed-forward the config asks for (SwiGLU or ReLU MLP)."""
-    config.validate()
     d_ff = config.ff_dim if d_ff is None else d_ff
     cls = SwiGLU if config.ffn == "swiglu" else MLP
     return cls(config.d_model, d_ff, bias=config.bias, name=name)

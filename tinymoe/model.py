@@ -7,11 +7,19 @@ Growing the vocabulary touches only the embedding and the LM head; everything be
 d_model-wide vectors. `generate` samples greedily (temperature 0) or at a temperature, with a
 KV cache (tinymoe/kv_cache.py) where the config allows one: prefill the prompt once, then one
 token per step.
+
+The model is the edge where a user's config and data come in, so it is where they are checked:
+it keeps its own copy of the config (changing the original afterwards cannot break it), refuses
+a config whose parameters would not fit in this machine's memory before allocating any, and
+turns careless inputs (a list of ids, float targets, an empty batch) into an error that names
+the argument and the rule.
 """
 from __future__ import annotations
 
+import copy
 import math
-
+import numbers
+import os
 from dataclasses import dataclass, field
 
 import warnings
@@ -20,14 +28,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .attention import safe_softmax
 from .block import make_block
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .kv_cache import KVCache, kv_cache_unsupported
 from .norm import make_norm
 from .rope import sinusoidal_positions
 from .trace import Trace, record
 
-__all__ = ["TinyLM", "LMOutput"]
+__all__ = ["TinyLM", "LMOutput", "estimated_model_bytes"]
+
+IGNORE_INDEX = -100                               # a target of -100 is left out of the loss (padding)
 
 
 @dataclass
@@ -38,13 +49,74 @@ class LMOutput:
     aux_losses: dict = field(default_factory=dict)  # per-name sums over the MoE layers
 
 
+def estimated_model_bytes(config: ModelConfig) -> dict[str, int]:
+    """What building the model would allocate, from the config alone (nothing is built):
+    {"parameters": count, "buffers": count, "bytes": total bytes in the default dtype, with the
+    RoPE / sinusoidal tables in float64}. Counts the dense or MoE feed-forward exactly, attention
+    as dense (native sparse attention adds a little), norms and embeddings."""
+    from .moe.sizes import moe_parameter_counts   # the MoE layer's own count (its own concept)
+    from .sizes import attention_parameters
+    d = config.d_model
+    norm = d if config.norm == "rmsnorm" else 2 * d
+    dense_ffn = (3 if config.ffn == "swiglu" else 2) * d * config.ff_dim + (config.ff_dim + d) * int(config.bias)
+    per_layer_moe = moe_parameter_counts(config)["total"] if config.moe is not None else 0
+    n_moe = sum(config.moe_in_layer(i) for i in range(config.n_layers))
+    parameters = (config.n_layers * (attention_parameters(config)["total"] + 2 * norm)
+                  + n_moe * per_layer_moe + (config.n_layers - n_moe) * dense_ffn
+                  + config.vocab_size * d * (1 if config.tie_embeddings else 2) + norm)
+    rope = 2 * config.max_seq_len * config.qk_dim if config.position == "rope" else 0
+    buffers = config.n_layers * rope + (config.max_seq_len * d if config.position == "sinusoidal" else 0)
+    item = torch.empty((), dtype=torch.get_default_dtype()).element_size()
+    return {"parameters": parameters, "buffers": buffers, "bytes": parameters * item + buffers * 8}
+
+
+def _device_memory_bytes() -> int | None:
+    """Memory of the device a model is built on: the GPU's, or this machine's physical memory;
+    None on the meta device (nothing is allocated) or where the OS does not say."""
+    device = torch.get_default_device()
+    if device.type == "meta":
+        return None
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits_in_memory(config: ModelConfig) -> None:
+    estimate = estimated_model_bytes(config)
+    memory = _device_memory_bytes()
+    if memory is not None and estimate["bytes"] > memory:
+        # Blame the field that contributes most: the blocks, or the embeddings.
+        layers_share = estimate["parameters"] - config.vocab_size * config.d_model * (1 if config.tie_embeddings else 2)
+        field_name = "n_layers" if layers_share * 2 > estimate["parameters"] else "vocab_size"
+        raise ConfigError(field_name, getattr(config, field_name),
+                          f"this model would need an estimated {estimate['bytes'] / 2**30:,.1f} GiB "
+                          f"({estimate['parameters']:,} parameters, {estimate['buffers']:,} buffer values), "
+                          f"more than this machine's {memory / 2**30:,.1f} GiB of memory; make it smaller")
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
 class TinyLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = config.validate()
+        if not isinstance(config, ModelConfig):
+            raise ConfigError("config", config, "must be a ModelConfig(...): TinyLM builds every layer from it")
+        # Our own copy, checked once more (a config can be edited after it was made): the layers
+        # below trust it.
+        config = copy.deepcopy(config).validate()
+        _check_fits_in_memory(config)
+        self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         if config.position == "sinusoidal":
-            self.register_buffer("pos", sinusoidal_positions(config.max_seq_len, config.d_model), persistent=False)
+            table = sinusoidal_positions(config.max_seq_len, config.d_model, dtype=torch.float64)
+            self.register_buffer("pos", table, persistent=False)           # (max_seq_len, d_model)
         else:
             self.pos = None
         self.layers = nn.ModuleList(make_block(config, layer=i) for i in range(config.n_layers))
@@ -53,6 +125,27 @@ class TinyLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
+    def _check_ids(self, name: str, ids, allow_ignore: bool = False) -> None:
+        """Token ids (or targets): an integer tensor (batch, seq_len) with values in 0..vocab_size-1
+        (targets may also hold -100, left out of the loss)."""
+        vocab = self.config.vocab_size
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of token ids (batch, seq_len); got {_describe(ids)} "
+                            f"(wrap it: torch.tensor({name}) for a nested list, torch.from_numpy for an array)")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} has dtype {ids.dtype}: token ids must be integers (torch.long); "
+                            f"did you pass embeddings, logits or a float tensor?")
+        if ids.dim() != 2:
+            raise ValueError(f"{name} has shape {tuple(ids.shape)}: expected (batch, seq_len) token ids")
+        if ids.numel():
+            low, high = int(ids.min()), int(ids.max())
+            ok = ids >= 0
+            if allow_ignore:
+                ok = ok | (ids == IGNORE_INDEX)
+            if not bool(ok.all()) or high >= vocab:
+                extra = f" (or {IGNORE_INDEX} to leave a position out of the loss)" if allow_ignore else ""
+                raise ValueError(f"{name}: token ids must lie in 0..{vocab - 1} (vocab_size){extra}; got {low}..{high}")
+
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
                 trace: Trace | None = None, key_padding_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> LMOutput:
@@ -60,30 +153,28 @@ class TinyLM(nn.Module):
 
         cache: a KVCache; the tokens then sit at positions cache.length .. cache.length + T - 1,
         their keys and values are appended, and cache.length advances by T."""
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens has shape {tuple(tokens.shape)}: expected (batch, seq_len) token ids")
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"tokens has dtype {tokens.dtype}: token ids must be integers (torch.long); "
-                            f"did you pass embeddings or a float tensor?")
+        self._check_ids("tokens", tokens)
         B, T = tokens.shape
-        if targets is not None and tuple(targets.shape) != (B, T):
-            raise ValueError(f"targets has shape {tuple(targets.shape)}: expected the tokens' shape {(B, T)} "
-                             f"(targets[b, t] is the token that should follow tokens[b, t])")
-        if cache is not None and (cache.batch != B or cache.config is not self.config):
+        if B == 0 or T == 0:
+            raise ValueError(f"tokens has shape {(B, T)}: batch and seq_len must be at least 1")
+        if cache is not None and (cache.batch != B or cache.config != self.config):
             raise ValueError(f"this KVCache was made for batch={cache.batch} and another config; "
                              f"make KVCache(model.config, batch={B})")
         positions = cache.next_positions(T) if cache is not None else None    # (T,) true positions
         if T > self.config.max_seq_len:
             raise ValueError(f"seq_len={T} exceeds max_seq_len={self.config.max_seq_len}: raise max_seq_len in the config")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
-            raise ValueError(f"token ids must lie in 0..{self.config.vocab_size - 1} (vocab_size); "
-                             f"got {int(tokens.min())}..{int(tokens.max())}")
+        if targets is not None:
+            self._check_ids("targets", targets, allow_ignore=True)
+            if tuple(targets.shape) != (B, T):
+                raise ValueError(f"targets has shape {tuple(targets.shape)}: expected the tokens' shape {(B, T)} "
+                                 f"(targets[b, t] is the token that should follow tokens[b, t])")
         record(trace, "tokens", tokens, "input")
         record(trace, "embed.W_E", self.embed.weight, "weight")
         x = self.embed(tokens)                                      # (B, T, d_model)
         record(trace, "embed.out", x)
         if self.pos is not None:
             pos = self.pos[:T] if positions is None else self.pos[positions]   # (T, d_model)
+            pos = pos.to(x.dtype)
             x = x + pos                                             # (B, T, d_model)
             record(trace, "embed.pos", pos, "buffer")
             record(trace, "embed.with_pos", x)
@@ -101,7 +192,7 @@ class TinyLM(nn.Module):
         record(trace, "logits", logits, "output")
         out = LMOutput(logits=logits, aux_losses=aux_losses)
         if targets is not None:
-            out.ce_loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=-100)
+            out.ce_loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=IGNORE_INDEX)
             out.loss = out.ce_loss + sum(aux_losses.values())
         return out
 

@@ -35,7 +35,6 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, config: ModelConfig, name: str = "attn", layer: int = 0):
         super().__init__()
-        config.validate()
         self.config, self.name, self.layer = config, name, layer
         self.use_rope = config.layer_uses_rope(layer)               # False on Llama 4's NoPE layers
         self.chunk_size = config.layer_chunk_size(layer)            # Llama 4's chunked local layers

@@ -5,25 +5,24 @@ RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * gamma
 
 RMSNorm drops the mean subtraction and the bias: cheaper, and in practice just as stable.
 Both normalise each token's d_model vector on its own (the last axis), never across tokens.
+The statistics are computed in float32 even for float16/bfloat16 input (float64 stays float64):
+a token of 300s has a mean square of 90000, past float16's 65504 (as Hugging Face's Llama does).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig, real_number, whole_number
+from .precision import compute_dtype
 from .trace import Trace, record
 
 __all__ = ["LayerNorm", "RMSNorm", "make_norm"]
 
 
 def _check(d_model, eps) -> None:
-    if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
-        raise ConfigError("d_model", d_model, "must be a positive whole number")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise ConfigError("eps", eps, "must be a small positive finite number, e.g. 1e-5")
+    whole_number("d_model", d_model)
+    real_number("eps", eps, "must be a small positive finite number, e.g. 1e-5", lambda v: v > 0)
 
 
 class LayerNorm(nn.Module):
@@ -38,10 +37,12 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
         trace = trace.scope(self.name) if trace is not None else None
+        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        x = x.to(compute_dtype(x.dtype))                                # statistics in >= float32
         mean = x.mean(dim=-1, keepdim=True)                             # (..., 1)
         var = x.var(dim=-1, keepdim=True, unbiased=False)               # (..., 1)
         x_hat = (x - mean) / torch.sqrt(var + self.eps)                 # (..., d_model)
-        out = x_hat * self.weight + self.bias
+        out = (x_hat * self.weight + self.bias).to(out_dtype)
         record(trace, "mean", mean)
         record(trace, "var", var)
         record(trace, "x_hat", x_hat)
@@ -62,9 +63,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
         trace = trace.scope(self.name) if trace is not None else None
+        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        x = x.to(compute_dtype(x.dtype))                                    # statistics in >= float32
         rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)   # (..., 1)
         x_hat = x / rms                                                     # (..., d_model)
-        out = x_hat * self.weight
+        out = (x_hat * self.weight).to(out_dtype)
         record(trace, "rms", rms)
         record(trace, "x_hat", x_hat)
         record(trace, "gamma", self.weight, "weight")

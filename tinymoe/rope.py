@@ -5,7 +5,8 @@ RoPE (Su et al. 2021, "RoFormer") rotates each pair of q/k dimensions by an angl
 that grows with the position m, with theta_i = base^(-2i/head_dim). A dot product of two
 rotated vectors depends only on the difference of their angles, so q_m . k_n depends only on
 m - n: relative position, for free, with no trainable weight. cos and sin are precomputed once
-(a buffer, not a parameter).
+(a buffer, not a parameter), in float64, and handed to q and k in their own dtype: a float64
+model rotates in float64, a float16 one gets the float64 angles rounded once.
 
 Which dimensions form a pair is a convention, and mixing them up is a classic bug:
   rotate_half  pairs (i, i + head_dim/2)  Llama in Hugging Face, GPT-NeoX
@@ -19,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .config import ROPE_PAIRINGS, ConfigError
+from .config import ROPE_PAIRINGS, ConfigError, real_number, whole_number
 from .trace import Trace, record
 
 __all__ = ["RotaryEmbedding", "rope_frequencies", "rotate_half", "apply_rope", "sinusoidal_positions"]
@@ -57,13 +58,11 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0,
                  pairing: str = "rotate_half"):
         super().__init__()
-        for name, value in (("head_dim", head_dim), ("max_seq_len", max_seq_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(name, value, "must be a positive whole number")
+        whole_number("head_dim", head_dim)
+        whole_number("max_seq_len", max_seq_len)
         if head_dim % 2:
             raise ConfigError("head_dim", head_dim, "RoPE rotates dimensions in pairs, so it must be even")
-        if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 1:
-            raise ConfigError("base", base, "must be a finite number > 1")
+        real_number("base", base, "must be a finite number > 1", lambda v: v > 1)
         if pairing not in ROPE_PAIRINGS:
             raise ConfigError("pairing", pairing, f"must be one of {', '.join(map(repr, ROPE_PAIRINGS))}")
         self.head_dim, self.max_seq_len, self.base, self.pairing = head_dim, max_seq_len, base, pairing
@@ -73,8 +72,8 @@ class RotaryEmbedding(nn.Module):
             angles = torch.cat((angles, angles), dim=-1)                   # (T, head_dim): i and i+half share
         else:
             angles = angles.repeat_interleave(2, dim=-1)                   # (T, head_dim): 2i and 2i+1 share
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("cos", angles.cos(), persistent=False)                # (T, head_dim) float64
+        self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor | None = None,
                 trace: Trace | None = None):
@@ -103,7 +102,8 @@ class RotaryEmbedding(nn.Module):
         return apply_rope(q, cos, sin, self.pairing), apply_rope(k, cos, sin, self.pairing)
 
 
-def sinusoidal_positions(max_seq_len: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
+def sinusoidal_positions(max_seq_len: int, d_model: int, base: float = 10000.0,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(max_seq_len, d_model): PE[m, 2i] = sin(m / base^(2i/d)), PE[m, 2i+1] = cos(m / base^(2i/d)).
     Vaswani et al. 2017: added to the token embeddings once, at the bottom of the stack."""
     position = torch.arange(max_seq_len, dtype=torch.float64)[:, None]     # (T, 1)
@@ -111,4 +111,4 @@ def sinusoidal_positions(max_seq_len: int, d_model: int, base: float = 10000.0) 
     pe = torch.zeros(max_seq_len, d_model, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(position * inv_freq)
     pe[:, 1::2] = torch.cos(position * inv_freq)
-    return pe.float()
+    return pe.to(dtype)

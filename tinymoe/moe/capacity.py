@@ -17,35 +17,34 @@ assignments, N * top_k, which is the Switch formula at k = 1.
 from __future__ import annotations
 
 import math
-import numbers
 from fractions import Fraction
 
 import torch
 from torch.nn import functional as F
+
+from ..config import real_number, whole_number
 
 __all__ = ["capacity", "apply_capacity"]
 
 
 def capacity(tokens: int, n_experts: int, capacity_factor: float) -> int:
     """Slots per expert: ceil(capacity_factor * tokens / n_experts), rounded UP so that a
-    capacity_factor of 1.0 never leaves a token of a perfectly balanced batch without a seat."""
-    for name, value in (("tokens", tokens), ("n_experts", n_experts)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{name}={value!r}: must be a whole number >= 0")
-    if n_experts == 0:
-        raise ValueError("n_experts=0: there must be at least one expert to hold the tokens")
-    if not capacity_factor > 0:
-        raise ValueError(f"capacity_factor={capacity_factor!r}: must be a positive number")
+    capacity_factor of 1.0 never leaves a token of a perfectly balanced batch without a seat,
+    and at most `tokens` (an expert can never be offered more), so a huge factor means dropless
+    rather than a number too large for a tensor."""
+    whole_number("tokens", tokens, low=0)
+    whole_number("n_experts", n_experts)
+    real_number("capacity_factor", capacity_factor, "must be a positive finite number", lambda v: v > 0)
     # Exact arithmetic on the decimal the reader typed: in floats 1.1 * 10 is 11.000000000000002,
     # which would round up to 12.
     factor = Fraction(repr(float(capacity_factor)))
-    return math.ceil(factor * tokens / n_experts)
+    return min(math.ceil(factor * tokens / n_experts), tokens)
 
 
 def apply_capacity(expert_ids: torch.Tensor, gates: torch.Tensor, n_experts: int, expert_capacity: int):
     """Drop the slots that overflow their expert: first choices first, then in token order.
 
-    expert_ids (N, k) int64, gates (N, k) float32 -> (expert_ids, gates, dropped), with dropped
+    expert_ids (N, k) int64, gates (N, k) float -> (expert_ids, gates, dropped), with dropped
     slots' ids set to -1 and gates to 0, and `dropped` (N, k) bool marking them.
     """
     N, k = expert_ids.shape

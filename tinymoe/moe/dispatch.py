@@ -6,7 +6,7 @@ The sum is the same whichever way it is computed; the backends differ in how muc
 and how readable they are. All take the same arguments and give the same output within float32
 rounding (the tests check it, with dropped tokens, empty experts and all tokens on one expert):
 
-    x (N, d_model), expert_ids (N, k) int64, gates (N, k) float32, w_gate, w_up (E, d_ff, d_model),
+    x (N, d_model), expert_ids (N, k) int64, gates (N, k) float, w_gate, w_up (E, d_ff, d_model),
     w_down (E, d_model, d_ff)  ->  (N, d_model) in x's dtype
 
 - `dispatch_loop`    the reference: for each expert, find its tokens, run it, add back. Reads like
@@ -22,7 +22,8 @@ rounding (the tests check it, with dropped tokens, empty experts and all tokens 
 - `triton`           the same grouped computation as a GPU kernel, in `tinymoe.kernels`
                      (imported only when asked for).
 
-Results are accumulated in float32 and returned in x's dtype.
+Results are accumulated in the wider of float32 and x's dtype (float16 -> float32, float64 stays
+float64) and returned in x's dtype.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from ..config import ConfigError
+from ..precision import compute_dtype
 from .experts import expert_mlp
 
 __all__ = ["dispatch_loop", "dispatch_dense", "dispatch_grouped", "get_dispatch", "DISPATCH_FUNCTIONS"]
@@ -54,13 +56,14 @@ def _check(x, expert_ids, gates, w_up) -> None:
 def dispatch_loop(x, expert_ids, gates, w_gate, w_up, w_down) -> torch.Tensor:
     """The reference: one pass over the experts, each on the tokens that chose it."""
     _check(x, expert_ids, gates, w_up)
-    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)       # (N, d_model)
+    acc = compute_dtype(x.dtype)
+    out = torch.zeros(x.shape, dtype=acc, device=x.device)                 # (N, d_model)
     for e in range(w_up.shape[0]):
         token_idx, slot = torch.where(expert_ids == e)                     # (M_e,), (M_e,)
         if token_idx.numel() == 0:
             continue                                                        # an empty expert does nothing
         y = expert_mlp(x[token_idx], None if w_gate is None else w_gate[e], w_up[e], w_down[e])  # (M_e, d_model)
-        out.index_add_(0, token_idx, y.float() * gates[token_idx, slot, None])                   # (N, d_model)
+        out.index_add_(0, token_idx, y.to(acc) * gates[token_idx, slot, None].to(acc))         # (N, d_model)
     return out.to(x.dtype)
 
 
@@ -76,9 +79,10 @@ def dispatch_dense(x, expert_ids, gates, w_gate, w_up, w_down) -> torch.Tensor:
     # The gate matrix: combine[n, e] = gate of the slot where token n chose expert e, else 0.
     # Empty slots (-1) are sent to an extra column that is then cut off.
     columns = torch.where(expert_ids >= 0, expert_ids, n_experts)           # (N, k)
-    combine = torch.zeros(N, n_experts + 1, dtype=torch.float32, device=x.device)
-    combine = combine.scatter_add(1, columns, gates.float())[:, :n_experts]  # (N, E)
-    out = torch.einsum("ne,end->nd", combine, y.float())                    # (N, d_model)
+    acc = compute_dtype(x.dtype)
+    combine = torch.zeros(N, n_experts + 1, dtype=acc, device=x.device)
+    combine = combine.scatter_add(1, columns, gates.to(acc))[:, :n_experts]  # (N, E)
+    out = torch.einsum("ne,end->nd", combine, y.to(acc))                    # (N, d_model)
     return out.to(x.dtype)
 
 
@@ -93,17 +97,18 @@ def dispatch_grouped(x, expert_ids, gates, w_gate, w_up, w_down) -> torch.Tensor
     sizes = counts.tolist()
     order = order[sizes[0]:]                                                # (M,) real pairs, grouped by expert
     x_sorted = x[order // k]                                                # (M, d_model) one contiguous slice per expert
-    gates_sorted = gates.reshape(N * k)[order].float()                      # (M,) the same order
+    acc = compute_dtype(x.dtype)
+    gates_sorted = gates.reshape(N * k)[order].to(acc)                      # (M,) the same order
     # Each expert's weighted results go straight back to their (token, slot) cells; the k slots
     # are then summed in slot order: a fixed order, so the result is the same on every run and
     # device (index_add would race on a GPU).
-    cells = torch.zeros(N * k, x.shape[1], dtype=torch.float32, device=x.device)  # (N*k, d_model)
+    cells = torch.zeros(N * k, x.shape[1], dtype=acc, device=x.device)     # (N*k, d_model)
     start = 0
     for e, size in enumerate(sizes[1:]):
         if size:
             rows = slice(start, start + size)                               # expert e's contiguous slice
             y_e = expert_mlp(x_sorted[rows], None if w_gate is None else w_gate[e], w_up[e], w_down[e])  # (M_e, d_model)
-            cells.index_copy_(0, order[rows], y_e.float().mul_(gates_sorted[rows, None]))
+            cells.index_copy_(0, order[rows], y_e.to(acc) * gates_sorted[rows, None])
             start += size
     out = cells.reshape(N, k, x.shape[1]).sum(dim=1)                        # (N, d_model)
     return out.to(x.dtype)

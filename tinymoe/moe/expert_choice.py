@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..precision import compute_dtype
 from .capacity import capacity
 from .routing import Router, Routing
 
@@ -46,7 +47,8 @@ class ExpertChoiceRouter(Router):
         picked = picked.scatter(1, token_idx, True).t()                      # (N, n_experts) expert e took token n
         experts = torch.arange(n_experts, device=x.device).expand(N, n_experts)  # (N, n_experts)
         expert_ids = torch.where(picked, experts, -1)                        # (N, n_experts) slot e = expert e or -1
-        gates = torch.where(picked, probs, 0.0).float()                      # (N, n_experts)
+        gates = torch.where(picked, probs, 0.0)                              # (N, n_experts)
+        gates = gates.to(compute_dtype(gates.dtype))
         return Routing(logits=logits, probs=probs, expert_ids=expert_ids, gates=gates, chosen_ids=expert_ids,
                        dropped=torch.zeros_like(picked), expert_load=Routing.count_load(expert_ids, n_experts),
                        capacity=tokens_per_expert)

@@ -34,7 +34,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..attention import check_attention_input
 from ..config import ConfigError, ModelConfig
+from ..precision import compute_dtype
 from ..trace import Trace, record
 from .dispatch import get_dispatch
 from .expert_choice import ExpertChoiceRouter
@@ -78,7 +80,6 @@ class MoE(nn.Module):
 
     def __init__(self, config: ModelConfig, name: str = "moe"):
         super().__init__()
-        config.validate()
         if config.moe is None:
             raise ConfigError("moe", None, "an MoE layer needs config.moe = MoEConfig(...)")
         moe = config.moe
@@ -106,8 +107,7 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None):
         trace = trace.scope(self.name) if trace is not None else None
-        if x.dim() != 3 or x.shape[-1] != self.config.d_model:
-            raise ValueError(f"x has shape {tuple(x.shape)}: expected (batch, seq_len, d_model={self.config.d_model})")
+        check_attention_input(x, self.config.d_model)            # (batch >= 1, seq_len >= 1, d_model) floats
         B, T, d_model = x.shape
         record(trace, "x", x, "input")
         record(trace, "W_router", self.router.weight, "weight")
@@ -176,7 +176,7 @@ class MoE(nn.Module):
         slots = torch.einsum("bts,btd->bsd", dispatch_weights, x.to(dispatch_weights.dtype)).to(x.dtype)  # (B, S, d_model)
         slot_expert = torch.arange(router.n_slots, device=x.device) // router.slots_per_expert  # (S,)
         expert_ids = slot_expert.repeat(B)[:, None]                          # (B*S, 1) every slot has one expert
-        gates = torch.ones(B * router.n_slots, 1, dtype=torch.float32, device=x.device)  # (B*S, 1)
+        gates = torch.ones(B * router.n_slots, 1, dtype=compute_dtype(x.dtype), device=x.device)  # (B*S, 1)
         slot_outputs = dispatch(slots.reshape(B * router.n_slots, d_model), expert_ids, gates,
                                 *self.experts.weights()).reshape(B, router.n_slots, d_model)  # (B, S, d_model)
         out = torch.einsum("bts,bsd->btd", combine_weights, slot_outputs.to(combine_weights.dtype))  # (B, T, d_model)

@@ -9,9 +9,10 @@ Load-balancing loss (Switch Transformer, Fedus et al. 2021, eq. 4-6):
 f_i comes from an argmax/top-k and has no gradient; P_i does, and the product pushes the
 router's probability away from the experts that are already busy. At perfect balance
 f_i = P_i = 1 / n_experts and the loss is 1, its minimum, whatever n_experts and top_k.
-f_i counts all k slots of a token and divides by N * k (as DeepSeek-MoE and Hugging Face's
-Mixtral do): Hugging Face's Switch function counts a token once per expert and divides by N
-only, which is the same for top-1 and top_k times ours for top-k.
+f_i counts all k slots of a token and divides by N * k, so the f_i sum to 1 and the minimum is 1
+whatever top_k. Hugging Face's `load_balancing_loss_func` (Mixtral, Qwen2-MoE, and its Switch
+variant) divides by N only: its f_i sum to top_k, so its value is top_k times ours (equal at
+top-1), and its coefficient is tuned for that scale.
 
 Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5):
 
@@ -27,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..precision import compute_dtype
+
 __all__ = ["load_balancing_loss", "router_z_loss", "expert_fractions"]
 
 
@@ -34,6 +37,9 @@ def expert_fractions(expert_ids: torch.Tensor, n_experts: int) -> torch.Tensor:
     """f: (..., N, k) expert ids (-1 = empty slot) -> (..., n_experts) share of the N * k
     assignments each expert received. Empty slots count in N * k but for no expert."""
     N, k = expert_ids.shape[-2:]
+    if N * k == 0:
+        raise ValueError(f"expert_ids has shape {tuple(expert_ids.shape)}: no assignments to count "
+                         f"(the fractions of zero tokens are undefined)")
     one_hot = F.one_hot(expert_ids.clamp(min=0), n_experts)                # (..., N, k, n_experts)
     one_hot = one_hot * (expert_ids >= 0).unsqueeze(-1)                     # empty slots count for nobody
     return one_hot.float().sum(dim=(-3, -2)) / (N * k)                      # (..., n_experts)
@@ -52,11 +58,13 @@ def load_balancing_loss(probs: torch.Tensor, expert_ids: torch.Tensor, n_experts
         raise ValueError(f"probs {tuple(probs.shape)} and expert_ids {tuple(expert_ids.shape)} must agree "
                          f"on every dimension but the last (groups..., tokens)")
     f = expert_fractions(expert_ids, n_experts)                             # (..., n_experts)
-    P = probs.float().mean(dim=-2)                                          # (..., n_experts)
+    P = probs.to(compute_dtype(probs.dtype)).mean(dim=-2)                   # (..., n_experts)
     return (n_experts * (f * P).sum(dim=-1)).mean()                         # () averaged over groups
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     """mean over tokens of logsumexp(logits)^2; logits (..., n_experts)."""
-    log_z = torch.logsumexp(logits.float(), dim=-1)                         # (...,)
+    if logits.numel() == 0:
+        raise ValueError(f"logits has shape {tuple(logits.shape)}: the z-loss of zero tokens is undefined")
+    log_z = torch.logsumexp(logits.to(compute_dtype(logits.dtype)), dim=-1)  # (...,)
     return (log_z ** 2).mean()

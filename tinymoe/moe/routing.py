@@ -14,7 +14,7 @@ Every router scores a token the same way, with one linear map to one logit per e
 
     logits = x W_router^T                    W_router: (n_experts, d_model)
 
-computed in float32 whatever the input dtype (`router_fp32`). Softmax and top-k are where
+computed in at least float32 whatever the input dtype (`router_fp32`; float64 stays float64). Softmax and top-k are where
 half precision hurts: float16 logits overflow past 65504 and near-equal gates round together,
 so a token's choice flips with rounding noise (Switch Transformer, Fedus et al. 2021, sec. 2.4,
 "selective precision").
@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..precision import compute_dtype
+
 __all__ = ["Routing", "Router"]
 
 
@@ -35,11 +37,11 @@ __all__ = ["Routing", "Router"]
 class Routing:
     """What a router decided for N tokens (N = batch * seq_len) over n_experts experts.
 
-    logits       (N, n_experts) float32   router scores x W_router^T
-    probs        (N, n_experts) float32   scores the gates are read from (softmax, or the
+    logits       (N, n_experts) float32+  router scores x W_router^T (float32, or float64 input's float64)
+    probs        (N, n_experts) float32+  scores the gates are read from (softmax, or the
                                           normalised sigmoid scores); the load-balancing loss's P
     expert_ids   (N, k) int64             chosen expert per slot, -1 for an empty slot
-    gates        (N, k) float32           weight per slot, 0 for an empty slot
+    gates        (N, k) float32+          weight per slot, 0 for an empty slot
     chosen_ids   (N, k) int64             the router's choice before capacity dropped any slot
                                           (the load-balancing loss counts these)
     dropped      (N, k) bool              slot chosen, then turned away by a full expert
@@ -49,7 +51,7 @@ class Routing:
                                           (noisy top-k's noise_std, sigmoid_bias's selection_bias)
 
     With router_fp32=False, logits and probs stay in the input's dtype (to show what goes wrong);
-    gates are float32 either way.
+    gates are float32 (or float64) either way.
     """
 
     logits: torch.Tensor
@@ -87,11 +89,12 @@ class Router(nn.Module):
         nn.init.uniform_(self.weight, -1 / math.sqrt(d_model), 1 / math.sqrt(d_model))
 
     def logits(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """x W^T in float32 (or in x's dtype when router_fp32 is off): (N, d_model) -> (N, n_experts)."""
+        """x W^T in at least float32 (or in x's dtype when router_fp32 is off): (N, d_model) -> (N, n_experts)."""
         weight = self.weight if weight is None else weight
         if self.router_fp32:
+            dtype = compute_dtype(x.dtype)                                 # float32, or float64 for float64 input
             with torch.autocast(device_type=x.device.type, enabled=False):   # autocast would cast the matmul down again
-                return F.linear(x.float(), weight.float())                 # (N, n_experts) float32
+                return F.linear(x.to(dtype), weight.to(dtype))             # (N, n_experts)
         return F.linear(x, weight.to(x.dtype))                             # (N, n_experts) x.dtype
 
     def extra_repr(self) -> str:

@@ -25,11 +25,14 @@ DeepSeek-V3 in full adds two things (both off by default: n_group = topk_group =
     routed_scaling_factor  the (renormalised) gates are multiplied by it (2.5 in DeepSeek-V3)
 
 `probs` (for the load-balancing loss, if aux_loss_coef > 0; DeepSeek-V3 keeps a tiny one) are
-the scores normalised to sum to 1 per token.
+the scores normalised to sum to 1 per token. Both divisions are done on log-scores,
+s_i / sum_j s_j = softmax(log sigmoid(logits))_i, which is the same number but never 0 / 0: a
+token whose every score underflows to 0 (logits below -104 in float32) still gets gates.
 """
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from .routing import Router, Routing
 from .topk import select_top_k
@@ -52,13 +55,14 @@ class SigmoidBiasRouter(Router):
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = self.logits(x)                                              # (N, n_experts)
-        scores = torch.sigmoid(logits)                                       # (N, n_experts)
-        probs = scores / scores.sum(dim=-1, keepdim=True)                    # (N, n_experts) for the aux loss
+        log_scores = F.logsigmoid(logits)                                    # (N, n_experts) log s_i, finite
+        scores = log_scores.exp()                                            # (N, n_experts) s_i = sigmoid
+        probs = F.softmax(log_scores, dim=-1)                                # (N, n_experts) s_i / sum_j s_j
         bias = self.selection_bias                                           # (n_experts,)
         if self.n_group > 1:
             bias = bias + self.group_limit(scores + self.selection_bias)    # (N, n_experts): -inf outside kept groups
         routing = select_top_k(logits, probs, self.top_k, self.renormalize, self.capacity_factor,
-                               scores=scores, selection_bias=bias)
+                               scores=scores, selection_bias=bias, log_scores=log_scores)
         if self.routed_scaling_factor != 1.0:
             routing.gates = routing.gates * self.routed_scaling_factor       # (N, k)
         routing.extra["selection_bias"] = self.selection_bias

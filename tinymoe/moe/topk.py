@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..precision import compute_dtype
 from .capacity import apply_capacity, capacity
 from .routing import Router, Routing
 
@@ -31,19 +32,23 @@ __all__ = ["TopKRouter", "SwitchRouter", "NoisyTopKRouter", "select_top_k"]
 
 def select_top_k(logits: torch.Tensor, probs: torch.Tensor, top_k: int, renormalize: bool,
                  capacity_factor: float | None, scores: torch.Tensor | None = None,
-                 selection_bias: torch.Tensor | None = None) -> Routing:
+                 selection_bias: torch.Tensor | None = None, log_scores: torch.Tensor | None = None) -> Routing:
     """Top-k of scores (+ selection_bias, for choosing only), gates read from scores, then capacity.
 
     logits, probs, scores: (N, n_experts); scores default to probs (the softmax routers);
-    selection_bias (n_experts,) is the sigmoid_bias router's b."""
+    selection_bias (n_experts,) is the sigmoid_bias router's b; log_scores, when given, renormalise
+    the kept gates as a softmax of their logs (the same value, never 0 / 0 when every score
+    underflows). Gates come back in at least float32."""
     N, n_experts = probs.shape
     scores = probs if scores is None else scores
     ranked = scores if selection_bias is None else scores + selection_bias.to(scores.dtype)  # (N, n_experts)
     chosen_ids = torch.topk(ranked, top_k, dim=-1).indices                  # (N, k)
     gates = scores.gather(-1, chosen_ids)                                    # (N, k)
-    if renormalize:
+    if renormalize and log_scores is not None:
+        gates = F.softmax(log_scores.gather(-1, chosen_ids), dim=-1)         # (N, k) each row sums to 1
+    elif renormalize:
         gates = gates / gates.sum(dim=-1, keepdim=True)                      # (N, k) each row sums to 1
-    gates = gates.float()
+    gates = gates.to(compute_dtype(gates.dtype))                             # (N, k) float32, or float64
     if capacity_factor is None:
         expert_capacity = None
         expert_ids, dropped = chosen_ids, torch.zeros_like(chosen_ids, dtype=torch.bool)
