@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention import check_attention_input
 from .config import ModelConfig
 from .feedforward import make_feedforward
 from .multihead import MultiHeadAttention
@@ -47,6 +48,7 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        self.d_model = config.d_model
         self.norm_1 = make_norm(config, name="norm_1")
         self.attn = make_attention(config, layer)
         self.norm_2 = make_norm(config, name="norm_2")
@@ -56,6 +58,7 @@ class DecoderBlock(nn.Module):
                 key_padding_mask: torch.Tensor | None = None, cache=None, positions: torch.Tensor | None = None):
         """cache: this layer's LayerKVCache (tinymoe/kv_cache.py); positions: the tokens' true
         positions, (T,) or (B, T) (see MultiHeadAttention.forward)."""
+        check_attention_input(x, self.d_model, key_padding_mask)    # (batch, seq_len, d_model), named if not
         record(trace, "x", x, "input")
         extra = {name: value for name, value in (("cache", cache), ("positions", positions)) if value is not None}
         h = x + self.attn(self.norm_1(x, trace), trace, key_padding_mask=key_padding_mask, **extra)  # (B, T, d_model)

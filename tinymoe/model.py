@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from .attention import safe_softmax
 from .block import make_block
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, whole_number
 from .kv_cache import KVCache, kv_cache_unsupported
 from .norm import make_norm
 from .rope import sinusoidal_positions
@@ -66,6 +66,8 @@ def estimated_model_bytes(config: ModelConfig) -> dict[str, int]:
                   + config.vocab_size * d * (1 if config.tie_embeddings else 2) + norm)
     rope = 2 * config.max_seq_len * config.qk_dim if config.position == "rope" else 0
     buffers = config.n_layers * rope + (config.max_seq_len * d if config.position == "sinusoidal" else 0)
+    if config.moe is not None and config.moe.router == "sigmoid_bias":
+        buffers += n_moe * config.moe.n_experts                      # each layer's selection bias
     item = torch.empty((), dtype=torch.get_default_dtype()).element_size()
     return {"parameters": parameters, "buffers": buffers, "bytes": parameters * item + buffers * 8}
 

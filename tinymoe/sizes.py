@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, whole_number
 from .kv_cache import layer_cache_capacity
 
 __all__ = ["parameter_counts", "attention_parameters", "kv_cache_bytes", "model_parameters"]
@@ -69,8 +69,7 @@ def kv_cache_bytes(config: ModelConfig, seq_len: int, batch: int = 1, bytes_per_
     min(seq_len, window or chunk): its cache is a bounded ring buffer (tinymoe/kv_cache.py)."""
     config.validate()
     for name, value in (("seq_len", seq_len), ("batch", batch), ("bytes_per_value", bytes_per_value)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(name, value, "must be a positive whole number")
+        whole_number(name, value, high=2**62)
     per_token = config.kv_heads * config.qk_dim + sum(config.v_dims[:: config.group_size])
     tokens = sum(layer_cache_capacity(config, layer, seq_len) for layer in range(config.n_layers))
     return batch * tokens * per_token * bytes_per_value

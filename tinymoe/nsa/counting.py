@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SparseAttentionConfig
+from ..config import SparseAttentionConfig, whole_number
 
 __all__ = ["qk_products"]
 
@@ -28,8 +28,7 @@ __all__ = ["qk_products"]
 def qk_products(seq_len: int, nsa: SparseAttentionConfig) -> dict[str, int]:
     """{"cmp", "sel", "win", "nsa" (their sum), "dense", "saved" (dense - nsa)} for one head."""
     nsa.validate()
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
-        raise ValueError(f"seq_len={seq_len!r}: must be a whole number >= 0")
+    whole_number("seq_len", seq_len, low=0)
     l, d, l_sel, n, w = nsa.block_size, nsa.stride, nsa.select_block_size, nsa.top_n, nsa.window
     t = torch.arange(seq_len, dtype=torch.int64)                           # every query position
     dense = t + 1
