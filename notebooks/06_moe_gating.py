@@ -84,7 +84,7 @@ viz.row(viz.sheet(x, "x", role="input", row_labels=tokens), viz.show(trace_mlp, 
 # %%
 experts = [mlp] + [integer_weights(copy.deepcopy(mlp)) for _ in range(2)]   # expert 0 is the original
 with torch.no_grad():
-    expert_out = torch.stack([expert(x[0]) for expert in experts])          # (n_experts, seq_len, d_model)
+    expert_out = torch.stack([expert(x[0])[0] for expert in experts])       # (n_experts, seq_len, d_model)
 # Experts 1 and 2's own weights (expert 0's are above), so every output below can be checked by hand.
 viz.column(*(viz.row(*(viz.sheet(getattr(experts[e], w).weight, f"expert {e}: {name}", role="weight")
                        for w, name in (("w_gate", "W_gate"), ("w_up", "W_up"), ("w_down", "W_down"))))
@@ -530,7 +530,7 @@ trace_big = tm.Trace()
 with torch.no_grad():
     out_big, losses_big = big(x_large, trace_big)
 ids_big = trace_big["moe.expert_ids"]                                    # (8 * 128, 2), -1 = dropped
-gates_used = torch.zeros(8 * 128, 9).scatter_add(1, ids_big.where(ids_big >= 0, 8), trace_big["moe.gates"])[:, :8]
+gates_used = tm.moe.scatter_gates(ids_big, trace_big["moe.gates"], 8)   # (8 * 128, 8): each token's gate per expert
 per_sequence = torch.nn.functional.one_hot(ids_big.clamp(min=0), 8).mul((ids_big >= 0)[..., None])
 per_sequence = per_sequence.reshape(8, 128 * 2, 8).sum(dim=1)            # (sequence, expert)
 print(f"capacity {int(trace_big['moe.capacity'])} per expert; load {trace_big['moe.expert_load'].tolist()}")

@@ -16,10 +16,10 @@ def test_feedforward_treats_every_token_alone(cls):
     torch.manual_seed(0)
     ffn = cls(8, 12)
     x = _x(2, 5, 8)
-    out = ffn(x)
+    out, _ = ffn(x)
     assert out.shape == x.shape
     for t in range(5):
-        alone = ffn(x[:, t:t + 1])
+        alone, _ = ffn(x[:, t:t + 1])
         err = (alone - out[:, t:t + 1]).abs().max().item()
         assert err < 1e-6, f"token {t} computed alone differs from token {t} in the sequence by {err:.3g}"
 
@@ -29,7 +29,7 @@ def test_relu_mlp_is_two_matrices_with_a_relu_between():
     ffn = MLP(4, 6)
     x = _x(3, 4)
     hidden = (x @ ffn.w_1.weight.T).clamp(min=0)
-    err = (ffn(x) - hidden @ ffn.w_2.weight.T).abs().max().item()
+    err = (ffn(x)[0] - hidden @ ffn.w_2.weight.T).abs().max().item()
     assert err < 1e-6, f"MLP(x) != W_2 relu(W_1 x); off by {err:.3g}"
 
 
@@ -40,7 +40,7 @@ def test_swiglu_gate_closes_when_the_gate_input_is_very_negative():
     with torch.no_grad():
         ffn.w_gate.weight.fill_(-10.0)
     x = torch.ones(1, 4)                     # gate pre-activation = -40 in every hidden unit
-    assert ffn(x).abs().max() < 1e-12, "with the gate at -40 silu(gate) ~ -1.7e-16, so the output must vanish"
+    assert ffn(x)[0].abs().max() < 1e-12, "with the gate at -40 silu(gate) ~ -1.7e-16, so the output must vanish"
 
 
 def test_swiglu_has_three_matrices_mlp_two():

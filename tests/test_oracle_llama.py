@@ -134,7 +134,7 @@ def test_swiglu_matches_llama_mlp():
     _randomize(ours, 0)
     _copy_mlp(ours, theirs)
     x = torch.randn(B, T, D_MODEL, generator=_gen(1))
-    check("SwiGLU vs LlamaMLP", ours(x), theirs(x))
+    check("SwiGLU vs LlamaMLP", ours(x)[0], theirs(x))
 
 
 # ---- attention ------------------------------------------------------------------------------

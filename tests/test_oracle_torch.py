@@ -152,4 +152,4 @@ def test_relu_mlp_matches_torch_sequential():
         theirs[2].weight.copy_(ours.w_2.weight)
         theirs[2].bias.copy_(ours.w_2.bias)
     x = torch.randn(2, 5, 8, generator=_gen(1))
-    check("ReLU MLP vs nn.Sequential(Linear, ReLU, Linear)", ours(x), theirs(x))
+    check("ReLU MLP vs nn.Sequential(Linear, ReLU, Linear)", ours(x)[0], theirs(x))

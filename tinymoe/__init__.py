@@ -15,6 +15,6 @@ from .multihead import MultiHeadAttention
 from .norm import LayerNorm, RMSNorm, make_norm
 from .rope import RotaryEmbedding, apply_rope, rotate_half, sinusoidal_positions
 from .sizes import attention_parameters, kv_cache_bytes, model_parameters, parameter_counts
-from .trace import Record, Trace, record
+from .trace import Record, Trace, record, scoped
 
 __version__ = "0.1.0"

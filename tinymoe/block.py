@@ -63,10 +63,7 @@ class DecoderBlock(nn.Module):
         extra = {name: value for name, value in (("cache", cache), ("positions", positions)) if value is not None}
         h = x + self.attn(self.norm_1(x, trace), trace, key_padding_mask=key_padding_mask, **extra)  # (B, T, d_model)
         record(trace, "resid_attn", h)
-        ffn_out = self.ffn(self.norm_2(h, trace), trace)
-        aux_losses: dict[str, torch.Tensor] = {}
-        if isinstance(ffn_out, tuple):                    # an MoE layer also returns its losses
-            ffn_out, aux_losses = ffn_out
+        ffn_out, aux_losses = self.ffn(self.norm_2(h, trace), trace)  # dense: no losses; MoE: its own
         out = h + ffn_out                                                                    # (B, T, d_model)
         record(trace, "out", out, "output")
         return out, aux_losses

@@ -5,6 +5,9 @@ SwiGLU (Llama, Mixtral, Qwen):         out = W_down (silu(W_gate x) * W_up x)
 
 SwiGLU has three matrices instead of two; at the same parameter count its d_ff is about 2/3 of
 the ReLU one. An MoE expert is exactly one of these.
+
+forward returns (out, aux_losses), what the MoE layer returns, with no auxiliary losses: the
+decoder block treats a dense and an MoE feed-forward alike.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig, whole_number
-from .trace import Trace, record
+from .trace import Trace, record, scoped
 
 __all__ = ["MLP", "SwiGLU", "make_feedforward", "relu_hidden", "swiglu_hidden"]
 
@@ -45,15 +48,16 @@ class MLP(nn.Module):
         self.w_1 = nn.Linear(d_model, d_ff, bias=bias)
         self.w_2 = nn.Linear(d_ff, d_model, bias=bias)
 
-    def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
-        trace = trace.scope(self.name) if trace is not None else None
+    def forward(self, x: torch.Tensor, trace: Trace | None = None) -> tuple[torch.Tensor, dict]:
+        """x (..., d_model) -> (out (..., d_model), {}): no auxiliary losses."""
+        trace = scoped(trace, self.name)
         hidden = relu_hidden(x, self.w_1.weight, self.w_1.bias)                 # (..., d_ff)
         out = self.w_2(hidden)                           # (..., d_model)
         record(trace, "W_1", self.w_1.weight, "weight")
         record(trace, "hidden", hidden)
         record(trace, "W_2", self.w_2.weight, "weight")
         record(trace, "out", out)
-        return out
+        return out, {}
 
 
 class SwiGLU(nn.Module):
@@ -67,8 +71,9 @@ class SwiGLU(nn.Module):
         self.w_up = nn.Linear(d_model, d_ff, bias=bias)
         self.w_down = nn.Linear(d_ff, d_model, bias=bias)
 
-    def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
-        trace = trace.scope(self.name) if trace is not None else None
+    def forward(self, x: torch.Tensor, trace: Trace | None = None) -> tuple[torch.Tensor, dict]:
+        """x (..., d_model) -> (out (..., d_model), {}): no auxiliary losses."""
+        trace = scoped(trace, self.name)
         hidden = swiglu_hidden(x, self.w_gate.weight, self.w_up.weight,
                                self.w_gate.bias, self.w_up.bias)                # (..., d_ff)
         out = self.w_down(hidden)                        # (..., d_model)
@@ -77,7 +82,7 @@ class SwiGLU(nn.Module):
         record(trace, "hidden", hidden)
         record(trace, "W_down", self.w_down.weight, "weight")
         record(trace, "out", out)
-        return out
+        return out, {}
 
 
 def make_feedforward(config: ModelConfig, d_ff: int | None = None, name: str = "ffn") -> nn.Module:

@@ -34,7 +34,7 @@ from .config import ConfigError, ModelConfig, whole_number
 from .kv_cache import KVCache, kv_cache_unsupported
 from .norm import make_norm
 from .rope import sinusoidal_positions
-from .trace import Trace, record
+from .trace import Trace, record, scoped
 
 __all__ = ["TinyLM", "LMOutput", "estimated_model_bytes"]
 
@@ -183,7 +183,7 @@ class TinyLM(nn.Module):
         aux_losses: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.layers):
             cached = {} if cache is None else {"cache": cache.layers[i], "positions": positions}
-            x, aux = block(x, trace.scope(f"layers.{i}") if trace is not None else None, key_padding_mask, **cached)
+            x, aux = block(x, scoped(trace, f"layers.{i}"), key_padding_mask, **cached)
             for name, value in aux.items():
                 aux_losses[name] = aux_losses.get(name, 0) + value
         if cache is not None:

@@ -25,7 +25,7 @@ from .config import ModelConfig
 from .kv_cache import LayerKVCache, mask_from_positions
 from .llama4 import attention_temperature, chunked_mask, qk_norm
 from .rope import RotaryEmbedding
-from .trace import Trace, record
+from .trace import Trace, record, scoped
 
 __all__ = ["MultiHeadAttention"]
 
@@ -64,7 +64,7 @@ class MultiHeadAttention(nn.Module):
         if cache is not None and key_padding_mask is not None:
             raise ValueError("key_padding_mask with a KV cache: the cache serves unpadded batches only")
         B, T, _ = x.shape
-        trace = trace.scope(self.name) if trace is not None else None
+        trace = scoped(trace, self.name)
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
         record(trace, "x", x, "input")
         for w in ("W_q", "W_k", "W_v", "W_o"):

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import ModelConfig, real_number, whole_number
 from .precision import compute_dtype
-from .trace import Trace, record
+from .trace import Trace, record, scoped
 
 __all__ = ["LayerNorm", "RMSNorm", "make_norm"]
 
@@ -36,7 +36,7 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d_model))     # beta
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
-        trace = trace.scope(self.name) if trace is not None else None
+        trace = scoped(trace, self.name)
         out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
         x = x.to(compute_dtype(x.dtype))                                # statistics in >= float32
         mean = x.mean(dim=-1, keepdim=True)                             # (..., 1)
@@ -62,7 +62,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))    # gamma
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
-        trace = trace.scope(self.name) if trace is not None else None
+        trace = scoped(trace, self.name)
         out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
         x = x.to(compute_dtype(x.dtype))                                    # statistics in >= float32
         rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)   # (..., 1)

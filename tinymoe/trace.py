@@ -1,6 +1,7 @@
 """A trace: the named intermediates of one forward pass, for sheets, heatmaps and tests.
 
-Every module's `forward(..., trace=None)` calls `record(trace, "attn.scores", scores)`.
+Every module's `forward(..., trace=None)` calls `record(trace, "attn.scores", scores)`, after
+`trace = scoped(trace, self.name)` puts its own name in front.
 With no trace that call returns at once: nothing is recorded, nothing is copied. With a trace,
 the tensor is detached and cloned (so later in-place ops cannot change what was recorded) and
 stored under its name, in the order the forward pass made it.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Trace", "Record", "record", "ROLES"]
+__all__ = ["Trace", "Record", "record", "scoped", "ROLES"]
 
 ROLES = ("weight", "bias", "input", "output", "activation", "buffer")
 
@@ -89,3 +90,8 @@ def record(trace: Trace | None, name: str, tensor: torch.Tensor, role: str = "ac
     """Record `tensor` under `name` if a trace was passed; with None, do nothing at all."""
     if trace is not None:
         trace.add(name, tensor, role)
+
+
+def scoped(trace: Trace | None, name: str) -> Trace | None:
+    """`trace.scope(name)` if a trace was passed; with None, None (so nothing is recorded below)."""
+    return None if trace is None else trace.scope(name)

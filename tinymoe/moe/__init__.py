@@ -22,7 +22,7 @@ from .experts import Experts, expert_mlp
 from .layer import MoE, make_router
 from .llama4_router import Llama4Router
 from .losses import expert_fractions, load_balancing_loss, router_z_loss
-from .routing import Router, Routing
+from .routing import Router, Routing, scatter_gates
 from .shared import SharedExperts
 from .sigmoid_bias import SigmoidBiasRouter
 from .sizes import moe_parameter_counts
@@ -34,5 +34,5 @@ __all__ = [
     "ExpertChoiceRouter", "SigmoidBiasRouter", "Llama4Router", "SoftRouter", "SharedExperts", "Experts", "expert_mlp",
     "capacity", "apply_capacity", "select_top_k", "load_balancing_loss", "router_z_loss", "expert_fractions",
     "dispatch_loop", "dispatch_dense", "dispatch_grouped", "get_dispatch", "DISPATCH_FUNCTIONS",
-    "moe_parameter_counts",
+    "moe_parameter_counts", "scatter_gates",
 ]

@@ -11,9 +11,9 @@ rounding (the tests check it, with dropped tokens, empty experts and all tokens 
 
 - `dispatch_loop`    the reference: for each expert, find its tokens, run it, add back. Reads like
                      the equation; Hugging Face's Mixtral does the same.
-- `dispatch_dense`   every expert on every token, then weight by the (mostly zero) gates. E / k
-                     times the work, but no indexing at all: the spreadsheet view, for teaching
-                     and for checking the others.
+- `dispatch_dense`   every expert on every token, then weight by the (mostly zero) gate matrix
+                     (`scatter_gates`). E / k times the work, but no token is picked out: the
+                     spreadsheet view, for teaching and for checking the others.
 - `dispatch_grouped` sort the (token, slot) pairs by expert so each expert reads one contiguous
                      slice, run the experts slice by slice, then put every result back into its
                      (token, slot) cell and sum the k slots in a fixed order (deterministic on any
@@ -30,11 +30,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.nn import functional as F
 
 from ..config import ConfigError
 from ..precision import compute_dtype
 from .experts import expert_mlp
+from .routing import scatter_gates
 
 __all__ = ["dispatch_loop", "dispatch_dense", "dispatch_grouped", "get_dispatch", "DISPATCH_FUNCTIONS"]
 
@@ -70,18 +70,11 @@ def dispatch_loop(x, expert_ids, gates, w_gate, w_up, w_down) -> torch.Tensor:
 def dispatch_dense(x, expert_ids, gates, w_gate, w_up, w_down) -> torch.Tensor:
     """Every expert on every token, weighted by a dense (N, n_experts) gate matrix."""
     _check(x, expert_ids, gates, w_up)
-    N, n_experts = x.shape[0], w_up.shape[0]
-    if w_gate is None:
-        hidden = F.relu(torch.einsum("nd,efd->enf", x, w_up))              # (E, N, d_ff)
-    else:
-        hidden = F.silu(torch.einsum("nd,efd->enf", x, w_gate)) * torch.einsum("nd,efd->enf", x, w_up)  # (E, N, d_ff)
-    y = torch.einsum("enf,edf->end", hidden, w_down)                        # (E, N, d_model)
-    # The gate matrix: combine[n, e] = gate of the slot where token n chose expert e, else 0.
-    # Empty slots (-1) are sent to an extra column that is then cut off.
-    columns = torch.where(expert_ids >= 0, expert_ids, n_experts)           # (N, k)
+    n_experts = w_up.shape[0]
+    y = torch.stack([expert_mlp(x, None if w_gate is None else w_gate[e], w_up[e], w_down[e])
+                     for e in range(n_experts)])                            # (E, N, d_model) every expert, every token
     acc = compute_dtype(x.dtype)
-    combine = torch.zeros(N, n_experts + 1, dtype=acc, device=x.device)
-    combine = combine.scatter_add(1, columns, gates.to(acc))[:, :n_experts]  # (N, E)
+    combine = scatter_gates(expert_ids, gates.to(acc), n_experts)           # (N, E) mostly zeros
     out = torch.einsum("ne,end->nd", combine, y.to(acc))                    # (N, d_model)
     return out.to(x.dtype)
 

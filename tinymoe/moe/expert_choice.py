@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from ..precision import compute_dtype
 from .capacity import capacity
+from .losses import router_z_loss
 from .routing import Router, Routing
 
 __all__ = ["ExpertChoiceRouter"]
@@ -37,7 +38,13 @@ class ExpertChoiceRouter(Router):
         super().__init__(d_model, n_experts, router_fp32)
         self.capacity_factor = capacity_factor
 
+    @classmethod
+    def from_config(cls, config) -> "ExpertChoiceRouter":
+        moe = config.moe
+        return cls(config.d_model, moe.n_experts, capacity_factor=moe.capacity_factor, router_fp32=moe.router_fp32)
+
     def forward(self, x: torch.Tensor) -> Routing:
+        x = x.reshape(-1, self.d_model)                                      # (N, d_model)
         N, n_experts = x.shape[0], self.n_experts
         logits = self.logits(x)                                              # (N, n_experts)
         probs = F.softmax(logits, dim=-1)                                    # (N, n_experts)
@@ -49,9 +56,10 @@ class ExpertChoiceRouter(Router):
         expert_ids = torch.where(picked, experts, -1)                        # (N, n_experts) slot e = expert e or -1
         gates = torch.where(picked, probs, 0.0)                              # (N, n_experts)
         gates = gates.to(compute_dtype(gates.dtype))
+        balanced = torch.zeros((), dtype=torch.float32, device=x.device)    # by construction: no balancing loss
         return Routing(logits=logits, probs=probs, expert_ids=expert_ids, gates=gates, chosen_ids=expert_ids,
                        dropped=torch.zeros_like(picked), expert_load=Routing.count_load(expert_ids, n_experts),
-                       capacity=tokens_per_expert)
+                       capacity=tokens_per_expert, losses={"load_balancing": balanced, "z_loss": router_z_loss(logits)})
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, capacity_factor={self.capacity_factor}"

@@ -9,8 +9,8 @@ every token uses:
     out        = shared(x) + sum_j expert_{id_j}(gates_j * x)
 
 Unlike Mixtral or DeepSeek, the gate multiplies the token before the expert, not the expert's
-output. A SwiGLU expert is not linear, so expert(g x) != g expert(x): the MoE layer reads
-`scales_input` and feeds each slot its own scaled copy of the token. With one expert per token
+output. A SwiGLU expert is not linear, so expert(g x) != g expert(x): the Routing says
+`scales_input`, and its `expert_inputs` feeds each slot its own scaled copy of the token. With one expert per token
 a softmax over the chosen logits would always be 1; the sigmoid keeps a gradient to the router.
 """
 from __future__ import annotations
@@ -26,17 +26,22 @@ __all__ = ["Llama4Router"]
 class Llama4Router(Router):
     """Top-k by logit; gates = sigmoid(chosen logits); the layer scales the expert inputs by them."""
 
-    scales_input = True                                  # the MoE layer multiplies x, not the output
-
     def __init__(self, d_model: int, n_experts: int, top_k: int = 1, router_fp32: bool = True):
         super().__init__(d_model, n_experts, router_fp32)
         self.top_k = top_k
 
+    @classmethod
+    def from_config(cls, config) -> "Llama4Router":
+        moe = config.moe
+        return cls(config.d_model, moe.n_experts, top_k=moe.top_k, router_fp32=moe.router_fp32)
+
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = self.logits(x)                                              # (N, n_experts)
+        logits = self.logits(x.reshape(-1, self.d_model))                    # (N, n_experts)
         scores = torch.sigmoid(logits)                                       # (N, n_experts), same order as logits
         probs = scores / scores.sum(dim=-1, keepdim=True)                    # (N, n_experts) for the aux loss
-        return select_top_k(logits, probs, self.top_k, renormalize=False, capacity_factor=None, scores=scores)
+        routing = select_top_k(logits, probs, self.top_k, renormalize=False, capacity_factor=None, scores=scores)
+        routing.scales_input = True                                          # expert(g * x), not g * expert(x)
+        return routing
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, top_k={self.top_k}"

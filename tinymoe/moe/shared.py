@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..feedforward import MLP, SwiGLU
-from ..trace import Trace, record
+from ..trace import Trace, record, scoped
 
 __all__ = ["SharedExperts"]
 
@@ -34,8 +34,8 @@ class SharedExperts(nn.Module):
         self.gate = nn.Linear(d_model, 1, bias=False) if gated else None  # w: (1, d_model)
 
     def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
-        trace = trace.scope(self.name) if trace is not None else None
-        out = self.ffn(x, trace)                                             # (N, d_model)
+        trace = scoped(trace, self.name)
+        out, _ = self.ffn(x, trace)                                          # (N, d_model); a dense ffn has no losses
         if self.gate is not None:
             gate = torch.sigmoid(self.gate(x))                               # (N, 1)
             record(trace, "W_shared_gate", self.gate.weight, "weight")

@@ -53,8 +53,16 @@ class SigmoidBiasRouter(Router):
         self.n_group, self.topk_group, self.routed_scaling_factor = n_group, topk_group, routed_scaling_factor
         self.register_buffer("selection_bias", torch.zeros(n_experts))      # b, (n_experts,)
 
+    @classmethod
+    def from_config(cls, config) -> "SigmoidBiasRouter":
+        moe = config.moe
+        return cls(config.d_model, moe.n_experts, top_k=moe.top_k, renormalize=moe.renormalize,
+                   capacity_factor=moe.capacity_factor, bias_update_rate=moe.bias_update_rate,
+                   router_fp32=moe.router_fp32, n_group=moe.n_group, topk_group=moe.topk_group,
+                   routed_scaling_factor=moe.routed_scaling_factor)
+
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = self.logits(x)                                              # (N, n_experts)
+        logits = self.logits(x.reshape(-1, self.d_model))                    # (N, n_experts)
         log_scores = F.logsigmoid(logits)                                    # (N, n_experts) log s_i, finite
         scores = log_scores.exp()                                            # (N, n_experts) s_i = sigmoid
         probs = F.softmax(log_scores, dim=-1)                                # (N, n_experts) s_i / sum_j s_j

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from ..precision import compute_dtype
 from .capacity import apply_capacity, capacity
+from .losses import load_balancing_loss, router_z_loss
 from .routing import Router, Routing
 
 __all__ = ["TopKRouter", "SwitchRouter", "NoisyTopKRouter", "select_top_k"]
@@ -55,9 +56,10 @@ def select_top_k(logits: torch.Tensor, probs: torch.Tensor, top_k: int, renormal
     else:
         expert_capacity = capacity(N * top_k, n_experts, capacity_factor)
         expert_ids, gates, dropped = apply_capacity(chosen_ids, gates, n_experts, expert_capacity)
+    losses = {"load_balancing": load_balancing_loss(probs, chosen_ids, n_experts), "z_loss": router_z_loss(logits)}
     return Routing(logits=logits, probs=probs, expert_ids=expert_ids, gates=gates, chosen_ids=chosen_ids,
                    dropped=dropped, expert_load=Routing.count_load(expert_ids, n_experts),
-                   capacity=expert_capacity)
+                   capacity=expert_capacity, losses=losses)
 
 
 class TopKRouter(Router):
@@ -68,8 +70,14 @@ class TopKRouter(Router):
         super().__init__(d_model, n_experts, router_fp32)
         self.top_k, self.renormalize, self.capacity_factor = top_k, renormalize, capacity_factor
 
+    @classmethod
+    def from_config(cls, config) -> "TopKRouter":
+        moe = config.moe
+        return cls(config.d_model, moe.n_experts, top_k=moe.top_k, renormalize=moe.renormalize,
+                   capacity_factor=moe.capacity_factor, router_fp32=moe.router_fp32)
+
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = self.logits(x)                                              # (N, n_experts)
+        logits = self.logits(x.reshape(-1, self.d_model))                    # (N, n_experts)
         probs = F.softmax(logits, dim=-1)                                    # (N, n_experts)
         return select_top_k(logits, probs, self.top_k, self.renormalize, self.capacity_factor)
 
@@ -88,6 +96,11 @@ class SwitchRouter(TopKRouter):
         super().__init__(d_model, n_experts, top_k=1, renormalize=False,
                          capacity_factor=capacity_factor, router_fp32=router_fp32)
 
+    @classmethod
+    def from_config(cls, config) -> "SwitchRouter":
+        moe = config.moe
+        return cls(config.d_model, moe.n_experts, capacity_factor=moe.capacity_factor, router_fp32=moe.router_fp32)
+
 
 class NoisyTopKRouter(TopKRouter):
     """Noisy top-k gating: H = x W_router^T + N(0, 1) * softplus(x W_noise^T), training only.
@@ -102,6 +115,7 @@ class NoisyTopKRouter(TopKRouter):
         self.noise_weight = nn.Parameter(torch.zeros(n_experts, d_model))  # W_noise, nn.Linear layout
 
     def forward(self, x: torch.Tensor) -> Routing:
+        x = x.reshape(-1, self.d_model)                                      # (N, d_model)
         logits = self.logits(x)                                              # (N, n_experts) clean
         extra = {}
         if self.training:

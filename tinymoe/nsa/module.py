@@ -34,7 +34,7 @@ from torch import nn
 from ..attention import attention_weights, check_attention_input
 from ..config import ConfigError, ModelConfig
 from ..rope import RotaryEmbedding
-from ..trace import Trace, record
+from ..trace import Trace, record, scoped
 from .compress import BlockCompressor, compressed_visibility
 from .gather import gathered_attention, to_key_positions
 from .select import block_importance, choose_blocks, selected_key_indices, selection_overlap
@@ -84,7 +84,7 @@ class NativeSparseAttention(nn.Module):
         record(trace, "q", q)
         keys, values = {}, {}
         for branch in BRANCHES:
-            scope = trace.scope(branch) if trace is not None else None
+            scope = scoped(trace, branch)
             k = getattr(self, f"W_k_{branch}")(x).view(B, T, H_kv, D).transpose(1, 2)   # (B, n_kv_heads, T, head_dim)
             v = getattr(self, f"W_v_{branch}")(x).view(B, T, H_kv, Dv).transpose(1, 2)  # (B, n_kv_heads, T, v_dim)
             record(scope, "k", k)
@@ -122,7 +122,7 @@ class NativeSparseAttention(nn.Module):
         key_padding_mask: optional (batch, seq) bool, True for real tokens."""
         check_attention_input(x, self.config.d_model, key_padding_mask)
         B, T, _ = x.shape
-        trace = trace.scope(self.name) if trace is not None else None
+        trace = scoped(trace, self.name)
         nsa, H, H_kv = self.nsa, self.n_heads, self.n_kv_heads
         real = None if key_padding_mask is None else key_padding_mask.bool()  # (B, T): True = real token
         record(trace, "x", x, "input")
@@ -131,14 +131,14 @@ class NativeSparseAttention(nn.Module):
         record(trace, "b_gate", self.W_gate.bias, "bias")
 
         q, keys, values = self.project(x, trace)
-        cmp = trace.scope("cmp") if trace is not None else None
-        sel = trace.scope("sel") if trace is not None else None
-        win = trace.scope("win") if trace is not None else None
+        cmp = scoped(trace, "cmp")
+        sel = scoped(trace, "sel")
+        win = scoped(trace, "win")
         outs = {}
 
         # -- cmp: attend to one compressed key per block wholly in the past ------------------
-        k_cmp = self.compress_k(keys["cmp"], cmp.scope("compress_k") if cmp is not None else None)    # (B, n_kv_heads, n_blocks, head_dim)
-        v_cmp = self.compress_v(values["cmp"], cmp.scope("compress_v") if cmp is not None else None)  # (B, n_kv_heads, n_blocks, v_dim)
+        k_cmp = self.compress_k(keys["cmp"], scoped(cmp, "compress_k"))    # (B, n_kv_heads, n_blocks, head_dim)
+        v_cmp = self.compress_v(values["cmp"], scoped(cmp, "compress_v"))  # (B, n_kv_heads, n_blocks, v_dim)
         record(cmp, "k_compressed", k_cmp)
         record(cmp, "v_compressed", v_cmp)
         n_blocks = k_cmp.shape[2]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import ROUTERS, ModelConfig, MoEConfig
-from ..moe import moe_parameter_counts
+from ..moe import moe_parameter_counts, scatter_gates
 from .explorer import Explorer, View, dropdown, slider
 from .forward import traced_forward
 from .style import TEXT, shape_text
@@ -73,13 +73,10 @@ def routing_matrix(expert_ids: torch.Tensor, gates: torch.Tensor, n_experts: int
                    dropped_ids: torch.Tensor | None = None) -> torch.Tensor:
     """(N, k) ids and gates -> (N, n_experts): the gate each token gives each expert (0 if none).
     dropped_ids (N, k): the expert a dropped slot had chosen (-1 elsewhere); drawn as -1."""
-    N = expert_ids.shape[0]
-    columns = torch.where(expert_ids >= 0, expert_ids, n_experts)                 # (N, k) empty -> spare column
-    dense = torch.zeros(N, n_experts + 1).scatter_add(1, columns, gates.float())  # (N, E + 1)
+    dense = scatter_gates(expert_ids, gates.float(), n_experts)                   # (N, E)
     if dropped_ids is not None:
-        turned_away = torch.where(dropped_ids >= 0, dropped_ids, n_experts)
-        dense = dense.scatter_add(1, turned_away, -(dropped_ids >= 0).float())
-    return dense[:, :n_experts]                                                   # (N, E)
+        dense = dense - scatter_gates(dropped_ids, (dropped_ids >= 0).float(), n_experts)
+    return dense                                                                  # (N, E)
 
 
 class MoEExplorer(Explorer):
