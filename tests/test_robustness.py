@@ -115,9 +115,10 @@ def test_float64_dispatch_is_exact_to_float64_rounding(dispatch):
     assert err < 1e-12, f"{dispatch.__name__} in float64 is off by {err:.3g} (float32 accumulation gives ~3e-7)"
 
 
-def test_rope_tables_are_float64_and_rotate_float64_exactly():
-    rope = RotaryEmbedding(head_dim=4, max_seq_len=64)
+def test_a_float64_rope_has_float64_tables_not_cast_float32_ones():
+    rope = RotaryEmbedding(head_dim=4, max_seq_len=64).double()
     assert rope.cos.dtype == torch.float64
+    assert rope.cos[63, 0].item() == np.cos(63.0), "the table must be computed in float64, not cast from float32"
     q = torch.ones(1, 1, 64, 4, dtype=torch.float64)
     q_rot, _ = rope(q, q)
     angle = 63 * 1.0                                                         # position 63, fastest pair (theta_0 = 1)
@@ -132,6 +133,7 @@ def test_float64_model_runs_every_layer_in_float64():
     model = TinyLM(config).double()
     out = model(torch.randint(0, 32, (1, 5)), trace=trace)
     assert out.logits.dtype == torch.float64
+    assert model.pos[7, 0].item() == np.sin(7.0), "the sinusoidal table must be float64, not cast from float32"
     for name in ("layers.0.moe.router_logits", "layers.0.moe.gates", "layers.0.attn.weights", "embed.with_pos"):
         assert trace[name].dtype == torch.float64, f"{name} is {trace[name].dtype} in a float64 model"
 

@@ -51,8 +51,7 @@ class LMOutput:
 
 def estimated_model_bytes(config: ModelConfig) -> dict[str, int]:
     """What building the model would allocate, from the config alone (nothing is built):
-    {"parameters": count, "buffers": count, "bytes": total bytes in the default dtype, with the
-    RoPE / sinusoidal tables in float64}. Counts the dense or MoE feed-forward exactly, attention
+    {"parameters": count, "buffers": count, "bytes": total bytes in the default dtype}. Counts the dense or MoE feed-forward exactly, attention
     as dense (native sparse attention adds a little), norms and embeddings."""
     from .moe.sizes import moe_parameter_counts   # the MoE layer's own count (its own concept)
     from .sizes import attention_parameters
@@ -69,7 +68,7 @@ def estimated_model_bytes(config: ModelConfig) -> dict[str, int]:
     if config.moe is not None and config.moe.router == "sigmoid_bias":
         buffers += n_moe * config.moe.n_experts                      # each layer's selection bias
     item = torch.empty((), dtype=torch.get_default_dtype()).element_size()
-    return {"parameters": parameters, "buffers": buffers, "bytes": parameters * item + buffers * 8}
+    return {"parameters": parameters, "buffers": buffers, "bytes": (parameters + buffers) * item}
 
 
 def _device_memory_bytes() -> int | None:
@@ -117,7 +116,7 @@ class TinyLM(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         if config.position == "sinusoidal":
-            table = sinusoidal_positions(config.max_seq_len, config.d_model, dtype=torch.float64)
+            table = sinusoidal_positions(config.max_seq_len, config.d_model, dtype=torch.get_default_dtype())
             self.register_buffer("pos", table, persistent=False)           # (max_seq_len, d_model)
         else:
             self.pos = None
@@ -126,6 +125,15 @@ class TinyLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+
+    def _apply(self, fn, *args, **kwargs):
+        """.to() / .double() / .half(): recompute the sinusoidal table at its new dtype from float64
+        (a cast would carry float32's rounding into a float64 model)."""
+        super()._apply(fn, *args, **kwargs)
+        if self.pos is not None and self.pos.is_floating_point() and self.pos.device.type != "meta":
+            self.pos = sinusoidal_positions(self.config.max_seq_len, self.config.d_model,
+                                            dtype=self.pos.dtype).to(self.pos.device)
+        return self
 
     def _check_ids(self, name: str, ids, allow_ignore: bool = False) -> None:
         """Token ids (or targets): an integer tensor (batch, seq_len) with values in 0..vocab_size-1

@@ -5,8 +5,9 @@ RoPE (Su et al. 2021, "RoFormer") rotates each pair of q/k dimensions by an angl
 that grows with the position m, with theta_i = base^(-2i/head_dim). A dot product of two
 rotated vectors depends only on the difference of their angles, so q_m . k_n depends only on
 m - n: relative position, for free, with no trainable weight. cos and sin are precomputed once
-(a buffer, not a parameter), in float64, and handed to q and k in their own dtype: a float64
-model rotates in float64, a float16 one gets the float64 angles rounded once.
+(a buffer, not a parameter) from float64 angles. Casting the module (`model.double()`,
+`.half()`) recomputes the tables at the new dtype instead of casting float32's rounding along, so
+a float64 model rotates with float64 tables.
 
 Which dimensions form a pair is a convention, and mixing them up is a classic bug:
   rotate_half  pairs (i, i + head_dim/2)  Llama in Hugging Face, GPT-NeoX
@@ -66,14 +67,27 @@ class RotaryEmbedding(nn.Module):
         if pairing not in ROPE_PAIRINGS:
             raise ConfigError("pairing", pairing, f"must be one of {', '.join(map(repr, ROPE_PAIRINGS))}")
         self.head_dim, self.max_seq_len, self.base, self.pairing = head_dim, max_seq_len, base, pairing
-        theta = rope_frequencies(head_dim, base)                           # (head_dim/2,)
-        angles = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * theta[None, :]  # (T, head_dim/2)
-        if pairing == "rotate_half":
+        cos, sin = self._tables(torch.get_default_dtype(), None)
+        self.register_buffer("cos", cos, persistent=False)                # (T, head_dim)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of every position's angles, computed in float64, rounded once to `dtype`."""
+        theta = rope_frequencies(self.head_dim, self.base)                 # (head_dim/2,)
+        angles = torch.arange(self.max_seq_len, dtype=torch.float64)[:, None] * theta[None, :]  # (T, head_dim/2)
+        if self.pairing == "rotate_half":
             angles = torch.cat((angles, angles), dim=-1)                   # (T, head_dim): i and i+half share
         else:
             angles = angles.repeat_interleave(2, dim=-1)                   # (T, head_dim): 2i and 2i+1 share
-        self.register_buffer("cos", angles.cos(), persistent=False)                # (T, head_dim) float64
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        return angles.cos().to(device=device, dtype=dtype), angles.sin().to(device=device, dtype=dtype)
+
+    def _apply(self, fn, *args, **kwargs):
+        """.to() / .double() / .half() / .cuda(): move the tables, then recompute them at their new
+        dtype from float64 (a cast would carry float32's rounding into a float64 model)."""
+        super()._apply(fn, *args, **kwargs)
+        if self.cos.is_floating_point() and self.cos.device.type != "meta":
+            self.cos, self.sin = self._tables(self.cos.dtype, self.cos.device)
+        return self
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor | None = None,
                 trace: Trace | None = None):
