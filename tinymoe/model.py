@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .attention import safe_softmax
+from .attention import _describe, safe_softmax
 from .block import make_block
 from .config import ConfigError, ModelConfig, whole_number
 from .kv_cache import KVCache, kv_cache_unsupported
@@ -96,12 +96,6 @@ def _check_fits_in_memory(config: ModelConfig) -> None:
                           f"this model would need an estimated {estimate['bytes'] / 2**30:,.1f} GiB "
                           f"({estimate['parameters']:,} parameters, {estimate['buffers']:,} buffer values), "
                           f"more than this machine's {memory / 2**30:,.1f} GiB of memory; make it smaller")
-
-
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
 
 
 class TinyLM(nn.Module):
