@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..precision import compute_dtype
 from .capacity import capacity
-from .losses import router_z_loss
+from .losses import routing_losses
 from .routing import Router, Routing
 
 __all__ = ["ExpertChoiceRouter"]
@@ -56,10 +56,10 @@ class ExpertChoiceRouter(Router):
         expert_ids = torch.where(picked, experts, -1)                        # (N, n_experts) slot e = expert e or -1
         gates = torch.where(picked, probs, 0.0)                              # (N, n_experts)
         gates = gates.to(compute_dtype(gates.dtype))
-        balanced = torch.zeros((), dtype=torch.float32, device=x.device)    # by construction: no balancing loss
         return Routing(logits=logits, probs=probs, expert_ids=expert_ids, gates=gates, chosen_ids=expert_ids,
                        dropped=torch.zeros_like(picked), expert_load=Routing.count_load(expert_ids, n_experts),
-                       capacity=tokens_per_expert, losses={"load_balancing": balanced, "z_loss": router_z_loss(logits)})
+                       capacity=tokens_per_expert,
+                       losses=routing_losses(logits, None, None, n_experts))    # balanced by construction
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, capacity_factor={self.capacity_factor}"

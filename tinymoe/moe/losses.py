@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from ..precision import compute_dtype
 
-__all__ = ["load_balancing_loss", "router_z_loss", "expert_fractions"]
+__all__ = ["load_balancing_loss", "router_z_loss", "expert_fractions", "routing_losses"]
 
 
 def expert_fractions(expert_ids: torch.Tensor, n_experts: int) -> torch.Tensor:
@@ -68,3 +68,15 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"logits has shape {tuple(logits.shape)}: the z-loss of zero tokens is undefined")
     log_z = torch.logsumexp(logits.to(compute_dtype(logits.dtype)), dim=-1)  # (...,)
     return (log_z ** 2).mean()
+
+
+def routing_losses(logits: torch.Tensor, probs: torch.Tensor | None, chosen_ids: torch.Tensor | None,
+                   n_experts: int) -> dict[str, torch.Tensor]:
+    """What a router puts in its Routing: {"load_balancing", "z_loss"}, before coefficients.
+    probs / chosen_ids None: a router balanced by construction (load_balancing 0). A router that
+    saw no tokens (a rank with an empty batch) has nothing to balance or penalise: both 0."""
+    zero = torch.zeros((), dtype=torch.float32, device=logits.device)
+    if logits.numel() == 0:
+        return {"load_balancing": zero, "z_loss": zero}
+    balance = zero if probs is None else load_balancing_loss(probs, chosen_ids, n_experts)
+    return {"load_balancing": balance, "z_loss": router_z_loss(logits)}

@@ -59,11 +59,10 @@ class SoftRouter(Router):
         slot_expert = torch.arange(self.n_slots, device=x.device) // self.slots_per_expert  # (S,)
         expert_ids = slot_expert.repeat(B)[:, None]                          # (B*S, 1) every slot has one expert
         gates = torch.ones(B * self.n_slots, 1, dtype=compute_dtype(x.dtype), device=x.device)  # (B*S, 1)
-        nothing = torch.zeros((), dtype=torch.float32, device=x.device)     # balanced, nothing to penalise
         return Routing(logits=logits, probs=combine_weights, expert_ids=expert_ids, gates=gates, chosen_ids=expert_ids,
                        dropped=torch.zeros_like(expert_ids, dtype=torch.bool),
                        expert_load=Routing.count_load(expert_ids, self.n_experts),
-                       losses={"load_balancing": nothing, "z_loss": nothing},
+                       losses=dict.fromkeys(("load_balancing", "z_loss"), torch.zeros((), device=x.device)),  # no routing to balance
                        dispatch_weights=dispatch_weights, combine_weights=combine_weights, slots=slots)
 
     def extra_repr(self) -> str:

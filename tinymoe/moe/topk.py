@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..precision import compute_dtype
 from .capacity import apply_capacity, capacity
-from .losses import load_balancing_loss, router_z_loss
+from .losses import routing_losses
 from .routing import Router, Routing
 
 __all__ = ["TopKRouter", "SwitchRouter", "NoisyTopKRouter", "select_top_k"]
@@ -56,10 +56,9 @@ def select_top_k(logits: torch.Tensor, probs: torch.Tensor, top_k: int, renormal
     else:
         expert_capacity = capacity(N * top_k, n_experts, capacity_factor)
         expert_ids, gates, dropped = apply_capacity(chosen_ids, gates, n_experts, expert_capacity)
-    losses = {"load_balancing": load_balancing_loss(probs, chosen_ids, n_experts), "z_loss": router_z_loss(logits)}
     return Routing(logits=logits, probs=probs, expert_ids=expert_ids, gates=gates, chosen_ids=chosen_ids,
                    dropped=dropped, expert_load=Routing.count_load(expert_ids, n_experts),
-                   capacity=expert_capacity, losses=losses)
+                   capacity=expert_capacity, losses=routing_losses(logits, probs, chosen_ids, n_experts))
 
 
 class TopKRouter(Router):
