@@ -57,7 +57,7 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from ..moe import Experts, SharedExperts, get_dispatch, make_router
-from ..trace import Trace, record
+from ..trace import Trace, record, scoped
 from .capacity import drop_overflow, exchange_plan, experts_per_rank, slot_counts
 from .exchange import all_to_all
 from .group import ExpertParallelError, ExpertParallelGroup, agree_on_config
@@ -171,7 +171,7 @@ class ExpertParallelMoE(nn.Module):
 
     # ---- the forward pass -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, trace: Trace | None = None):
-        trace = trace.scope(self.name) if trace is not None else None
+        trace = scoped(trace, self.name)
         if x.dim() != 3 or x.shape[-1] != self.config.d_model:
             raise ValueError(f"x has shape {tuple(x.shape)}: expected (batch, seq_len, d_model={self.config.d_model})")
         B, T, d_model = x.shape

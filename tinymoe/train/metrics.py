@@ -83,7 +83,7 @@ class RoutingMeter:
         self.reset()
 
     def _hook(self, router: Router, inputs, routing) -> None:
-        if not self.active or not isinstance(routing, Routing):      # soft MoE returns its own tuple
+        if not self.active or not isinstance(routing, Routing):      # every router returns a Routing
             return
         i = self._index[id(router)]
         load = routing.expert_load.detach()                         # (n_experts,)
