@@ -149,6 +149,7 @@ def _finite_forward(config: ModelConfig) -> None:
 SEEN = {"examples": 0, "built": 0, "refused": 0}
 
 
+@pytest.mark.slow                                   # 2000 examples: about 25 s of CPU
 @settings(max_examples=N_EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(configurations())
