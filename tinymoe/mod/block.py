@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from ..block import DecoderBlock
 from ..config import ConfigError, ModelConfig
-from ..trace import Trace, record
+from ..trace import Trace, record, scoped
 from .causal import DECISIONS, Predictor
 from .routing import gather_tokens, in_top_k, routed_tokens, scatter_tokens, select_tokens
 
@@ -84,7 +84,7 @@ class MoDBlock(nn.Module):
             raise ValueError(f"decide={self.decide!r}: must be one of {', '.join(map(repr, DECISIONS))}")
         B, T, d_model = x.shape
         outer = trace
-        trace = trace.scope("mod") if trace is not None else None
+        trace = scoped(trace, "mod")
         record(trace, "x", x, "input")
         record(trace, "W_router", self.router.weight, "weight")
         logits = self.router(x).squeeze(-1)                                # (B, T)
@@ -133,7 +133,7 @@ class MoDBlock(nn.Module):
         r = self.weights(logits).gather(1, idx)                            # (B, k)
         record(trace, "router_weights", r)
         record(trace, "x_routed", x_routed)
-        inner = outer.scope("block") if outer is not None else None
+        inner = scoped(outer, "block")
         pad = None if bool(valid.all()) else valid
         y_routed, block_losses = self.block(x_routed, inner, key_padding_mask=pad, positions=idx)  # (B, k, d_model)
         aux_losses.update(block_losses)
