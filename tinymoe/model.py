@@ -51,21 +51,15 @@ class LMOutput:
 
 def estimated_model_bytes(config: ModelConfig) -> dict[str, int]:
     """What building the model would allocate, from the config alone (nothing is built):
-    {"parameters": count, "buffers": count, "bytes": total bytes in the default dtype}. Counts the dense or MoE feed-forward exactly, attention
-    as dense (native sparse attention adds a little), norms and embeddings."""
-    from .moe.sizes import moe_parameter_counts   # the MoE layer's own count (its own concept)
-    from .sizes import attention_parameters
-    d = config.d_model
-    norm = d if config.norm == "rmsnorm" else 2 * d
-    dense_ffn = (3 if config.ffn == "swiglu" else 2) * d * config.ff_dim + (config.ff_dim + d) * int(config.bias)
-    per_layer_moe = moe_parameter_counts(config)["total"] if config.moe is not None else 0
-    n_moe = sum(config.moe_in_layer(i) for i in range(config.n_layers))
-    parameters = (config.n_layers * (attention_parameters(config)["total"] + 2 * norm)
-                  + n_moe * per_layer_moe + (config.n_layers - n_moe) * dense_ffn
-                  + config.vocab_size * d * (1 if config.tie_embeddings else 2) + norm)
+    {"parameters": count, "buffers": count, "bytes": their total in the default dtype}. Parameters
+    are sizes.model_parameters' (native sparse attention counted as dense: it adds a little)."""
+    from .sizes import model_parameters
+    countable = config if config.attention != "native_sparse" else config.replace(attention="dense", nsa=None)
+    parameters = model_parameters(countable)["total"]
     rope = 2 * config.max_seq_len * config.qk_dim if config.position == "rope" else 0
-    buffers = config.n_layers * rope + (config.max_seq_len * d if config.position == "sinusoidal" else 0)
+    buffers = config.n_layers * rope + (config.max_seq_len * config.d_model if config.position == "sinusoidal" else 0)
     if config.moe is not None and config.moe.router == "sigmoid_bias":
+        n_moe = sum(config.moe_in_layer(i) for i in range(config.n_layers))
         buffers += n_moe * config.moe.n_experts                      # each layer's selection bias
     item = torch.empty((), dtype=torch.get_default_dtype()).element_size()
     return {"parameters": parameters, "buffers": buffers, "bytes": (parameters + buffers) * item}
