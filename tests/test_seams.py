@@ -21,6 +21,7 @@ ROUTER_SETTINGS = {
     "expert_choice": dict(capacity_factor=1.0),
     "soft": dict(slots_per_expert=2),
     "sigmoid_bias": dict(top_k=2),
+    "llama4": dict(top_k=1),
 }
 
 
@@ -35,9 +36,8 @@ def test_every_router_is_built_from_the_config_and_returns_one_routing(router):
     assert isinstance(routing, Routing), f"{router} returned {type(routing).__name__}"
     assert set(routing.losses) == {"load_balancing", "z_loss"}, routing.losses.keys()
     assert all(torch.isfinite(v) and v.dim() == 0 for v in routing.losses.values())
-    inputs = routing.expert_inputs(x)                                         # tokens or slots
-    assert inputs.shape == (routing.expert_ids.shape[0], 6)
-    assert routing.gates.shape == routing.expert_ids.shape
+    inputs, expert_ids, gates = routing.expert_inputs(x)                      # tokens, slots or scaled copies
+    assert inputs.shape == (expert_ids.shape[0], 6) and gates.shape == expert_ids.shape
     assert int(routing.expert_load.sum()) == int((routing.expert_ids >= 0).sum())
     assert routing.combine(torch.zeros_like(inputs), x).shape == x.shape
 
