@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import os
 from dataclasses import dataclass, field
 
@@ -28,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .attention import _describe, safe_softmax
+from .attention import _describe
 from .block import make_block
-from .config import ConfigError, ModelConfig, whole_number
+from .config import ConfigError, ModelConfig
 from .kv_cache import KVCache, kv_cache_unsupported
 from .norm import make_norm
 from .rope import sinusoidal_positions
