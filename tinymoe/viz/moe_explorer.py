@@ -41,6 +41,10 @@ from .table import ShapesTable
 
 __all__ = ["MoEExplorer", "MoEView", "CAPACITY_FACTORS"]
 
+# Llama 4's router (sigmoid top-1 that scales the expert's input, dropless) has its own explorer
+# in notebook 10 (Llama4Explorer); this one offers the routers of notebook 06.
+EXPLORER_ROUTERS = tuple(r for r in ROUTERS if r != "llama4")
+
 # Dropdown (label, value): 0.0 stands for "no capacity" (capacity_factor=None, dropless).
 CAPACITY_FACTORS = (("none (dropless)", 0.0), ("0.5", 0.5), ("0.75", 0.75), ("1.0", 1.0), ("1.25", 1.25),
                     ("1.5", 1.5), ("2.0", 2.0))
@@ -100,7 +104,7 @@ class MoEExplorer(Explorer):
         controls = {"n_experts": slider(n_experts, 1, max_experts),
                     "top_k": slider(top_k, 1, max_top_k),
                     "capacity_factor": dropdown(factor, options, width="190px"),
-                    "router": dropdown(router, ROUTERS, width="230px"),
+                    "router": dropdown(router, EXPLORER_ROUTERS, width="230px"),
                     "seq_len": slider(seq_len, 1, max_seq_len)}
         self.max_seq_len = controls["seq_len"].max
         super().__init__(controls, seed=seed)
