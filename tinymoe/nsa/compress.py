@@ -24,7 +24,7 @@ from torch import nn
 
 from ..trace import Trace, record
 
-__all__ = ["BlockCompressor", "n_compressed_blocks", "compressed_visibility"]
+__all__ = ["BlockCompressor", "n_compressed_blocks", "compressed_visibility", "block_members"]
 
 
 def n_compressed_blocks(seq_len: int, block_size: int, stride: int) -> int:
@@ -38,6 +38,14 @@ def compressed_visibility(seq_len: int, block_size: int, stride: int, device=Non
     t = torch.arange(seq_len, device=device)[:, None]                      # (T, 1)
     last_key = torch.arange(n_blocks, device=device)[None, :] * stride + block_size - 1  # (1, n_blocks)
     return last_key <= t                                                   # (T, n_blocks)
+
+
+def block_members(seq_len: int, block_size: int, stride: int, device=None) -> torch.Tensor:
+    """(n_blocks, seq_len) bool: compressed block i is made from tokens i*d .. i*d + l - 1."""
+    n_blocks = n_compressed_blocks(seq_len, block_size, stride)
+    start = torch.arange(n_blocks, device=device)[:, None] * stride       # (n_blocks, 1)
+    s = torch.arange(seq_len, device=device)[None, :]                      # (1, T)
+    return (s >= start) & (s < start + block_size)                         # (n_blocks, T)
 
 
 class BlockCompressor(nn.Module):

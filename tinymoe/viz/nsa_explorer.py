@@ -30,7 +30,8 @@ import torch
 
 from ..attention import causal_mask
 from ..config import ModelConfig, SparseAttentionConfig
-from ..nsa import qk_products
+from ..nsa import BRANCHES, qk_products
+from ..nsa.compress import block_members
 from .explorer import EXPLORER_CELLS, EXPLORER_COLUMNS, Explorer, View, slider
 from .forward import traced_forward
 from .html import Html, escape
@@ -40,7 +41,7 @@ from .table import ShapesTable
 
 __all__ = ["NSAExplorer", "NSAView"]
 
-BRANCH_NAMES = ("cmp", "sel", "win")
+BRANCH_NAMES = BRANCHES                      # the core's branch order (cmp, sel, win)
 TABLE_ROWS = ("attn.x", "attn.q", "attn.cmp.compress_k.blocks", "attn.cmp.k_compressed", "attn.cmp.mask",
               "attn.sel.block_scores", "attn.sel.blocks", "attn.sel.mask", "attn.win.mask", "attn.gates",
               "attn.out")
@@ -57,10 +58,7 @@ def keys_behind_blocks(visible: torch.Tensor, seq_len: int, block_size: int, str
     """(T, n_blocks) visibility of compressed blocks -> (T, T): the token positions those blocks
     were made from (block i covers i*d .. i*d + l - 1). For the picture only: the query reads one
     compressed key per block, not these keys."""
-    n_blocks = visible.shape[-1]
-    start = torch.arange(n_blocks)[:, None] * stride                          # (n_blocks, 1)
-    s = torch.arange(seq_len)[None, :]                                         # (1, T)
-    member = (s >= start) & (s < start + block_size)                           # (n_blocks, T)
+    member = block_members(seq_len, block_size, stride)                        # (n_blocks, T), from the core
     return (visible.float() @ member.float()) > 0                              # (T, T)
 
 
@@ -146,10 +144,10 @@ class NSAExplorer(Explorer):
                  + figures_table(lines, header=("branch", "trace masks", "qk_products"))
                  + text(f"{escape(verdict)}.", margin="0 0 8px 0"))
 
-        curves = {name: ([], []) for name in ("dense", "NSA", "cmp", "sel", "win")}
+        curves = {name: ([], []) for name in ("dense", "NSA") + BRANCHES}
         for n in self.curve_lengths:
             c = qk_products(n, nsa)
-            for name, key in (("dense", "dense"), ("NSA", "nsa"), ("cmp", "cmp"), ("sel", "sel"), ("win", "win")):
+            for name, key in (("dense", "dense"), ("NSA", "nsa")) + tuple((b, b) for b in BRANCHES):
                 curves[name][0].append(n)
                 curves[name][1].append(c[key])
         curves["seq_len now"] = ([T, T], [0, max(curves["dense"][1])])
