@@ -239,7 +239,7 @@ text_ids_all = torch.tensor(tok.encode(pydoc_text()[:60_000]))               # P
 data = TokenData(train=text_ids_all[:12_000], val=text_ids_all[12_000:], tokenizer=tok)
 trace = tm.Trace()
 with torch.no_grad():
-    model(data.train[:512].view(2, 256), trace=trace)                        # the dense MLPs' activations
+    model(data.train[:384].view(1, 384), trace=trace)                        # the dense MLPs' activations
 hidden = [trace[f"layers.{i}.ffn.hidden"].reshape(-1, config.ff_dim) for i in range(config.n_layers)]
 del trace
 
@@ -263,7 +263,7 @@ print("expert 0 of layer 0: W_gate", tuple(experts[0].w_gate[0].shape), " W_up",
 # documentation) packs what a token needs into fewer experts. We measure held-out perplexity.
 
 # %%
-held_out = data.val[: 2 * 97].view(2, 97)                                    # 2 windows of 96 tokens + targets
+held_out = data.val[: 129].view(1, 129)                                      # 128 held-out tokens + targets
 
 
 def perplexity() -> float:
