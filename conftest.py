@@ -8,6 +8,9 @@
    the grader's sandboxes) inherit it. A value already set is kept (`TRITON_INTERPRET=0` on a GPU).
 2. The notebooks run by nbval get the `nbval` marker, so `pytest -m nbval` (or `-m "not nbval"`)
    selects them like every other part.
+3. torch's global switches (autograd on, the default dtype) are the same after every test as
+   before it: a test (or a benchmark it calls) that leaves them changed fails by name, and they
+   are put back so the tests after it are not silently broken.
 """
 import os
 
@@ -24,3 +27,19 @@ def pytest_collection_modifyitems(config, items):
         if str(getattr(item, "fspath", "")).endswith(".ipynb"):
             item.add_marker(pytest.mark.nbval)
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _torch_globals_restored(request):
+    grad, dtype = torch.is_grad_enabled(), torch.get_default_dtype()
+    yield
+    changed = []
+    if torch.is_grad_enabled() != grad:
+        changed.append(f"autograd enabled {grad} -> {torch.is_grad_enabled()}")
+        torch.set_grad_enabled(grad)
+    if torch.get_default_dtype() != dtype:
+        changed.append(f"default dtype {dtype} -> {torch.get_default_dtype()}")
+        torch.set_default_dtype(dtype)
+    if changed:
+        pytest.fail(f"{request.node.nodeid} left torch's global state changed ({'; '.join(changed)}): "
+                    f"use a context manager (torch.no_grad(), ...) instead of the global switch", pytrace=False)

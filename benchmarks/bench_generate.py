@@ -34,13 +34,13 @@ SIZES = {
 LENGTHS = {"full": (32, 96), "quick": (8, 16)}                  # (prompt, new tokens)
 
 
+@torch.no_grad()                  # inside only: a test calling run() keeps autograd on afterwards
 def run(quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict:
     """{size: {"cached_tokens_per_s", "uncached_tokens_per_s", "ratio", "same_tokens", "cache_bytes"}}."""
     key = "quick" if quick else "full"
     prompt_len, new_tokens = LENGTHS[key]
     repeats = repeats if repeats is not None else 2
     results = {}
-    torch.set_grad_enabled(False)
     for name, dims in SIZES[key].items():
         config = ModelConfig(max_seq_len=prompt_len + new_tokens, **dims)
         torch.manual_seed(seed)

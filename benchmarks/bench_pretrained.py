@@ -35,12 +35,12 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
+@torch.no_grad()                  # inside only: a test calling run() keeps autograd on afterwards
 def run(quick: bool = False, repeats: int = 2, threads: int | None = None, models=None) -> dict:
     """models: an already loaded (TinyLM, LlamaForCausalLM, GGUFTokenizer) triple (the tests pass theirs)."""
     import transformers
     if threads:
         torch.set_num_threads(threads)
-    torch.set_grad_enabled(False)
     prompt_len, new_tokens = (16, 8) if quick else (64, 32)
     if models is None:
         gguf = read_gguf()

@@ -91,7 +91,7 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(tmp_path_factory, chromium):
     """One private JupyterLab serving copies of the notebooks: yields (base url, token, root folder)."""
     home = tmp_path_factory.mktemp("lab")
@@ -158,7 +158,7 @@ def stop(server: subprocess.Popen) -> None:
         server.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium, lab):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:

@@ -65,7 +65,10 @@ def command(workdir: str | Path, argv: list[str], env: dict | None = None, tmp_s
         raise SandboxUnavailable(INSTALL)
     python, folders = _python()
     package = package_dir()
+    # The private /tmp comes first: the folders bound after it stay visible even when the
+    # environment itself lives under /tmp (a clone in /tmp/...), and nothing else of /tmp does.
     cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--hostname", "sandbox",
+           "--size", str(tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp",
            "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
@@ -80,7 +83,6 @@ def command(workdir: str | Path, argv: list[str], env: dict | None = None, tmp_s
             cmd += ["--ro-bind", folder, folder]
     cmd += ["--ro-bind", str(package), str(package),
             "--proc", "/proc", "--dev", "/dev",
-            "--size", str(tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp",
             "--bind", str(workdir), HOME, "--chdir", HOME, "--clearenv"]
     variables = {"HOME": HOME, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(package.parent), "LANG": "C.UTF-8",
                  "TMPDIR": "/tmp", **(env or {})}
