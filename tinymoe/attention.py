@@ -24,7 +24,7 @@ import torch
 from .precision import compute_dtype
 from .trace import Trace, record
 
-__all__ = ["safe_softmax", "naive_softmax", "causal_mask", "padding_mask", "sliding_window_mask",
+__all__ = ["safe_softmax", "naive_softmax", "causal_mask", "padding_mask", "sliding_window_mask", "mask_from_positions",
            "attention_weights", "scaled_dot_product_attention", "check_attention_input"]
 
 
@@ -68,9 +68,25 @@ def causal_mask(seq_len: int, device=None, n_keys: int | None = None) -> torch.T
 def sliding_window_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
     """(seq_len, seq_len) bool: query i sees keys i-window+1 .. i (the `window` most recent
     positions, its own included). Convention: window=1 means a token sees only itself."""
-    i = torch.arange(seq_len, device=device)[:, None]
-    j = torch.arange(seq_len, device=device)[None, :]
-    return (j <= i) & (j > i - window)
+    positions = torch.arange(seq_len, device=device)
+    return mask_from_positions(positions, positions, window=window)
+
+
+def mask_from_positions(q_positions: torch.Tensor, k_positions: torch.Tensor, window: int | None = None,
+                        chunk_size: int | None = None) -> torch.Tensor:
+    """(T_q, T_k) bool, True = may attend, from the true positions of queries and keys
+    ((B, T_q, T_k) when the positions are given per sequence, (B, T)).
+
+    causal: k <= q; sliding window: also k > q - window; chunked: also k // chunk == q // chunk.
+    A key position of -1 is an empty cache slot and is never seen."""
+    q = q_positions[..., :, None]                               # (T_q, 1) or (B, T_q, 1)
+    k = k_positions[..., None, :]                               # (1, T_k) or (B, 1, T_k)
+    mask = (k >= 0) & (k <= q)
+    if window is not None:
+        mask &= k > q - window
+    if chunk_size is not None:
+        mask &= torch.div(k, chunk_size, rounding_mode="floor") == torch.div(q, chunk_size, rounding_mode="floor")
+    return mask
 
 
 def padding_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from .attention import mask_from_positions          # the one position rule (re-exported here)
 from .config import ConfigError, ModelConfig
 
 __all__ = ["KVCache", "LayerKVCache", "mask_from_positions", "kv_cache_unsupported", "layer_cache_capacity"]
@@ -88,23 +89,6 @@ def layer_cache_capacity(config: ModelConfig, layer: int, max_len: int) -> int:
     if config.attention == "sliding_window":
         return min(config.window, max_len)
     return max_len
-
-
-def mask_from_positions(q_positions: torch.Tensor, k_positions: torch.Tensor, window: int | None = None,
-                        chunk_size: int | None = None) -> torch.Tensor:
-    """(T_q, T_k) bool, True = may attend, from the true positions of queries and keys
-    ((B, T_q, T_k) when the positions are given per sequence, (B, T)).
-
-    causal: k <= q; sliding window: also k > q - window; chunked: also k // chunk == q // chunk.
-    A key position of -1 is an empty cache slot and is never seen."""
-    q = q_positions[..., :, None]                               # (T_q, 1) or (B, T_q, 1)
-    k = k_positions[..., None, :]                               # (1, T_k) or (B, 1, T_k)
-    mask = (k >= 0) & (k <= q)
-    if window is not None:
-        mask &= k > q - window
-    if chunk_size is not None:
-        mask &= torch.div(k, chunk_size, rounding_mode="floor") == torch.div(q, chunk_size, rounding_mode="floor")
-    return mask
 
 
 class LayerKVCache:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from .attention import mask_from_positions
+
 __all__ = ["chunked_mask", "qk_norm", "attention_temperature"]
 
 
@@ -28,9 +30,8 @@ def chunked_mask(seq_len: int, chunk_size: int, device=None) -> torch.Tensor:
     j // chunk_size == i // chunk_size. chunk_size >= seq_len is the plain causal mask."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size={chunk_size!r}: must be a positive whole number of tokens")
-    i = torch.arange(seq_len, device=device)[:, None]
-    j = torch.arange(seq_len, device=device)[None, :]
-    return (j <= i) & (j // chunk_size == i // chunk_size)
+    positions = torch.arange(seq_len, device=device)
+    return mask_from_positions(positions, positions, chunk_size=chunk_size)
 
 
 def qk_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
