@@ -122,16 +122,20 @@ unequal = three_heads.replace(v_head_dims=(5, 3, 3))
 viz.shapes_table(unequal, previous=three_heads, module="attention")
 
 # %% [markdown]
-# Now with numbers. Each head's output is its weights times its slice of `attn.v` (columns 0-4,
-# 5-7 and 8-10); the cell does that by hand, concatenates, and checks both against the core.
+# Now with numbers. Heads of different widths cannot share one `(batch, heads, seq, d_v)` tensor the
+# way equal heads do, so the trace keeps each head's values on its own: `attn.v0` `(1, 10, 5)`,
+# `attn.v1` and `attn.v2` `(1, 10, 3)`, made by `W_v`'s rows 0-4, 5-7 and 8-10. Each head's output is
+# its weights times its own values; the cell does that by hand, concatenates, and checks both
+# against the core.
 
 # %%
 attn_u = integer_weights(tm.MultiHeadAttention(unequal))
 trace_u = tm.Trace()
 attn_u(x, trace_u)
 
-v_slices = trace_u["attn.v"][0].split([5, 3, 3], dim=-1)                 # (10, 5), (10, 3), (10, 3)
-by_hand = [trace_u["attn.weights"][0, h] @ v_slices[h] for h in range(3)]
+v_heads = [trace_u[f"attn.v{h}"][0] for h in range(3)]                    # (10, 5), (10, 3), (10, 3)
+torch.testing.assert_close(torch.cat(v_heads, dim=-1), x[0] @ attn_u.W_v.weight.T)   # W_v's rows, split
+by_hand = [trace_u["attn.weights"][0, h] @ v_heads[h] for h in range(3)]
 for h in range(3):
     torch.testing.assert_close(by_hand[h], trace_u[f"attn.head{h}"][0])
 torch.testing.assert_close(torch.cat(by_hand, dim=-1), trace_u["attn.concat"][0])

@@ -99,12 +99,17 @@ def test_heads_of_unequal_value_size_concatenate_and_project_back():
     assert shapes["attn.concat"] == (B, T, 11), f"concat of 5 + 3 + 3 has shape {shapes['attn.concat']}"
     assert out.shape == (B, T, 5), f"the output projection gave {tuple(out.shape)}, expected back to d_model=5"
     # Each head reads its own slice of the values: head 0 the first 5, heads 1 and 2 the next 3 each.
-    v = trace["attn.v"]
+    # Unequal sizes cannot share one (B, n_kv_heads, T, v_dim) tensor: one record per kv head.
+    assert "attn.v" not in trace, "with unequal value sizes the values are recorded per head (attn.v0, ...)"
+    assert [shapes[f"attn.v{h}"] for h in range(3)] == [(B, T, 5), (B, T, 3), (B, T, 3)], shapes
+    v_all = attn.W_v(x)                                                   # (B, T, 11)
     starts = [0, 5, 8]
     for h, (start, size) in enumerate(zip(starts, (5, 3, 3))):
-        expected = trace["attn.weights"][:, h] @ v[..., start:start + size]
+        torch.testing.assert_close(trace[f"attn.v{h}"], v_all[..., start:start + size],
+                                   msg=lambda m: f"attn.v{h} is not W_v's rows {start}..{start + size - 1}: {m}")
+        expected = trace["attn.weights"][:, h] @ trace[f"attn.v{h}"]
         err = _max_err(trace[f"attn.head{h}"], expected)
-        assert err < 1e-6, f"head {h} does not use value columns {start}..{start + size - 1} (off by {err:.3g})"
+        assert err < 1e-6, f"head {h} does not use its own values attn.v{h} (off by {err:.3g})"
 
 
 def test_value_size_may_differ_from_key_size():
@@ -195,3 +200,24 @@ def test_wrong_padding_mask_shape_is_a_clear_error():
     attn = MultiHeadAttention(ModelConfig(d_model=8, n_heads=2))
     with pytest.raises(ValueError, match="key_padding_mask"):
         attn(torch.randn(2, 5, 8), key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_values_are_split_by_kv_head_like_the_keys():
+    """attn.v is (batch, n_kv_heads, seq, v_dim), as attn.k is (batch, n_kv_heads, seq, head_dim):
+    kv head j's values are W_v's rows j*v_dim .. (j+1)*v_dim - 1, and query head h reads kv head h // group."""
+    config = ModelConfig(d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, v_head_dim=3)
+    attn = _build(config)
+    x = _x(8)
+    trace = Trace()
+    attn(x, trace=trace)
+    assert trace.shapes()["attn.v"] == (B, 2, T, 3), f"attn.v is {trace.shapes()['attn.v']}, expected (B, n_kv_heads=2, T, v_dim=3)"
+    assert trace.shapes()["attn.k"][:3] == trace.shapes()["attn.v"][:3], "k and v must be split by head the same way"
+    with torch.no_grad():
+        v_all = attn.W_v(x)                                               # (B, T, 2 * 3)
+    for j in range(2):
+        torch.testing.assert_close(trace["attn.v"][:, j], v_all[..., 3 * j:3 * j + 3],
+                                   msg=lambda m: f"attn.v[:, {j}] is not W_v's rows {3 * j}..{3 * j + 2}: {m}")
+    for h in range(4):
+        expected = trace["attn.weights"][:, h] @ trace["attn.v"][:, h // 2]
+        err = _max_err(trace[f"attn.head{h}"], expected)
+        assert err < 1e-6, f"query head {h} must read kv head {h // 2}'s values (off by {err:.3g})"

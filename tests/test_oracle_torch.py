@@ -102,7 +102,7 @@ def test_multihead_gqa_matches_torch_enable_gqa(n_kv_heads):
     out = attn(x, trace=trace)
     B, T, D = 2, 7, config.qk_dim
     q, k = trace["attn.q_rot"], trace["attn.k_rot"]                       # (B, 6, T, D), (B, n_kv, T, D)
-    v = trace["attn.v"].view(B, T, n_kv_heads, D).transpose(1, 2)        # (B, n_kv, T, D)
+    v = trace["attn.v"]                                                   # (B, n_kv, T, D)
     theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)   # (B, 6, T, D)
     concat = theirs.transpose(1, 2).reshape(B, T, 6 * D)
     check(f"MultiHeadAttention n_kv_heads={n_kv_heads} vs sdpa enable_gqa, concat", trace["attn.concat"], concat)

@@ -140,7 +140,7 @@ def test_attention_module_records_documented_names_shapes_and_roles():
         "attn.W_o": ((8, H * D), "weight"),
         "attn.q": ((B, H, T, D), "activation"),
         "attn.k": ((B, H_kv, T, D), "activation"),      # before the kv heads are shared out
-        "attn.v": ((B, T, H_kv * D), "activation"),
+        "attn.v": ((B, H_kv, T, D), "activation"),      # split by head like k
         "attn.rope_cos": ((T, D), "buffer"),
         "attn.rope_sin": ((T, D), "buffer"),
         "attn.q_rot": ((B, H, T, D), "activation"),

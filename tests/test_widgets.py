@@ -44,14 +44,14 @@ def test_n_heads_move_adds_a_heatmap_panel_and_a_sheet_grid():
     e.set(n_heads=3)
     assert e.heatmap_data.shape == heads_side_by_side(3, 10, 10)
     assert "q (1, 3, 10, 3)" in e.shape_label and "concat (1, 10, 9)" in e.shape_label
-    assert e.sheets_html.count("head 2") == 2, "the q and k sheets should each show a third head"
-    assert "(1, 10, 9)" in e.sheets_html, "v holds every head's values side by side: 3 x d_v = 9"
+    assert e.sheets_html.count("head 2") == 3, "the q, k and v sheets should each show a third head"
+    assert "v (1, 3, 10, 3)" in e.shape_label, "v is split by head like q and k: (1, n_heads, seq, d_v)"
 
 
 def test_d_k_and_d_v_move_different_tensors():
     e = viz.AttentionExplorer(d_k=3, d_v=3)
     e.set(d_v=5)
-    assert e.shapes["attn.q"] == (1, 1, 10, 3) and e.shapes["attn.v"] == (1, 10, 5), "d_v must not touch q"
+    assert e.shapes["attn.q"] == (1, 1, 10, 3) and e.shapes["attn.v"] == (1, 1, 10, 5), "d_v must not touch q"
     e.set(d_k=4)
     assert e.shapes["attn.k"] == (1, 1, 10, 4) and e.shapes["attn.weights"] == (1, 1, 10, 10), \
         "the weights are seq_len x seq_len whatever d_k is"

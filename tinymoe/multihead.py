@@ -72,10 +72,9 @@ class MultiHeadAttention(nn.Module):
 
         q = self.W_q(x).view(B, T, H, D).transpose(1, 2)            # (B, n_heads, T, head_dim)
         k = self.W_k(x).view(B, T, H_kv, D).transpose(1, 2)         # (B, n_kv_heads, T, head_dim)
-        v = self.W_v(x)                                             # (B, T, sum of kv value dims)
         record(trace, "q", q)
         record(trace, "k", k)
-        record(trace, "v", v)
+        v = self._values(x, trace)        # (B, n_kv_heads, T, v_dim), or n_kv_heads x (B, T, v_dim_j) when sizes differ
         if self.rope is not None:
             q, k = self.rope(q, k, positions=positions, trace=trace)
             record(trace, "q_rot", q)
@@ -93,9 +92,7 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             if positions is None:
                 raise ValueError("a KV cache needs the tokens' true positions (positions=cache.next_positions(seq))")
-            v_kv = v.view(B, T, H_kv, -1).transpose(1, 2)           # (B, n_kv_heads, T, v_dim)
-            k, v_kv, key_positions = cache.update(k, v_kv, positions)  # (B, n_kv_heads, S, .) S: cached + new
-            v = v_kv.transpose(1, 2).reshape(B, k.shape[2], -1)     # (B, S, sum of kv value dims)
+            k, v, key_positions = cache.update(k, v, positions)    # (B, n_kv_heads, S, .) S: cached + new
         else:
             key_positions = positions                               # the keys are the queries' own tokens
 
@@ -119,7 +116,7 @@ class MultiHeadAttention(nn.Module):
         weights = attention_weights(q, k, mask=mask, trace=trace)   # (B, n_heads, T, T)
 
         # Per head: weights @ that head's values, then the heads side by side.
-        v_heads = v.split(self.kv_v_dims, dim=-1)                   # n_kv_heads x (B, T, v_dim)
+        v_heads = v.unbind(1) if torch.is_tensor(v) else v          # n_kv_heads x (B, S, v_dim of kv head j)
         heads = []
         for h in range(H):
             out_h = weights[:, h] @ v_heads[h // self.group_size]   # (B, T, v_dim of head h)
@@ -132,11 +129,10 @@ class MultiHeadAttention(nn.Module):
         return out
 
     def _flash_forward(self, q, k, v, key_padding_mask, trace):
-        """The same attention by tinymoe.flash (config.attention_backend): k and v stay n_kv_heads wide."""
+        """The same attention by tinymoe.flash (config.attention_backend): k and v stay n_kv_heads wide,
+        v (B, n_kv_heads, S, v_dim) with S keys: T, or cached + T (the last T)."""
         from .flash.backend import flash_backend
         B, _, T, _ = q.shape
-        S = k.shape[2]                                                   # keys: T, or cached + T (the last T)
-        v = v.view(B, S, self.n_kv_heads, self.kv_v_dims[0]).transpose(1, 2)   # (B, n_kv_heads, S, v_dim)
         sliding = self.config.attention == "sliding_window"
         causal = self.config.causal or sliding or self.chunk_size is not None   # windows and chunks look back
         heads = flash_backend(q, k, v, self.config.attention_backend, causal=causal,
@@ -147,6 +143,22 @@ class MultiHeadAttention(nn.Module):
         out = self.W_o(concat)                                           # (B, T, d_model)
         record(trace, "out", out, "output")
         return out
+
+    def _values(self, x: torch.Tensor, trace: Trace | None):
+        """The values, split by kv head like q and k. With one value size for every head (every
+        model but the unequal-heads lesson): one tensor (B, n_kv_heads, T, v_dim), recorded as `v`.
+        With sizes that differ (v_head_dims=(5, 3, 3)) the heads cannot share one tensor: a list of
+        n_kv_heads tensors (B, T, v_dim_j), recorded as `v0`, `v1`, ..."""
+        B, T, _ = x.shape
+        v = self.W_v(x)                                             # (B, T, sum of kv value dims)
+        if len(set(self.kv_v_dims)) == 1:
+            v = v.view(B, T, self.n_kv_heads, -1).transpose(1, 2)   # (B, n_kv_heads, T, v_dim)
+            record(trace, "v", v)
+            return v
+        v_heads = list(v.split(self.kv_v_dims, dim=-1))             # n_kv_heads x (B, T, v_dim_j)
+        for j, v_j in enumerate(v_heads):
+            record(trace, f"v{j}", v_j)
+        return v_heads
 
     def _mask(self, T: int, device, key_padding_mask):
         """(T, T) or (B, 1, T, T) bool built from the config's causal/window rules and any padding."""

@@ -37,6 +37,8 @@ def step_of(name: str) -> tuple[str, str]:
     parent = scope.rpartition(".")[2]
     if leaf.startswith("head") and leaf[4:].isdigit():
         return scope, "heads"
+    if leaf.startswith("v") and leaf[1:].isdigit():               # values of kv head j, sizes unequal
+        return scope, "q / k / v"
     if parent in NORMS:
         return scope, "norm"
     if parent in FFNS or parent.startswith("expert"):
