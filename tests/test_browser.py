@@ -193,6 +193,20 @@ WIDGET_ERRORS = """() => Array.from(document.querySelectorAll('.jp-OutputArea-ou
     .filter(e => e.offsetParent !== null && /Error displaying widget/.test(e.textContent)).length"""
 
 
+# How many replies the kernel has finished ('idle' on its iopub channel) since the page loaded. A
+# control move sends one comm message; its 'idle' says the explorer's reply has been sent, so the
+# test waits for that instead of a fixed pause.
+IDLE_REPLIES = """() => { const kernel = window.jupyterapp?.shell?.currentWidget?.sessionContext?.session?.kernel;
+    if (!kernel) return -1;
+    if (window.__tinymoeKernel !== kernel) {
+        window.__tinymoeKernel = kernel; window.__tinymoeIdle = 0;
+        kernel.iopubMessage.connect((_, msg) => {
+            if (msg.header.msg_type === 'status' && msg.content.execution_state === 'idle') window.__tinymoeIdle++; });
+    }
+    return window.__tinymoeIdle; }"""
+PAINTED = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done(true))))"
+
+
 def wait_until(page, predicate, timeout_s: float, what: str, poll_s: float = 0.3):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -281,6 +295,7 @@ def drive(page, explorer, name: str, index: int) -> int:
             before = explorer.evaluate(PICTURE)
             before_status = explorer.locator(".tinymoe-status").inner_text().strip()
             before_value = readout(control)
+            replies = page.evaluate(IDLE_REPLIES)
             move(page, control, how, what)
             where = f"{name}, explorer {index}, {label} ({how} {what})"
             value = readout(control)
@@ -290,9 +305,11 @@ def drive(page, explorer, name: str, index: int) -> int:
                 wait_until(page, lambda: explorer.evaluate(PICTURE)[0] != before[0] or
                            explorer.locator(".tinymoe-status").inner_text().strip() != before_status,
                            UPDATE_S, f"{where}: the shape line to change after seq_len {before_value} -> {value}")
-            page.wait_for_timeout(400)                                 # the comm message reaches the kernel
-            wait_until(page, lambda: settled(page), UPDATE_S, f"the kernel to settle after moving {label}")
-            page.wait_for_timeout(300)
+            # The kernel has answered the move (one more 'idle'), is idle now, and the page has drawn it.
+            wait_until(page, lambda: page.evaluate(IDLE_REPLIES) > replies and settled(page), UPDATE_S,
+                       f"the kernel to answer moving {label}", poll_s=0.05)
+            page.wait_for_timeout(150)                                 # plotly's redraw is asynchronous
+            page.evaluate(PAINTED)
             after = explorer.evaluate(PICTURE)
             status = explorer.locator(".tinymoe-status").inner_text().strip()
             if status:
@@ -321,7 +338,8 @@ def test_notebook_runs_explorers_move_and_the_saved_copy_shows_snapshots(lab, br
         page.locator(".tinymoe-explorer").first.wait_for(timeout=RUN_ALL_S * 1000)
         wait_until(page, lambda: settled(page), RUN_ALL_S, f"every cell of {name} to finish running")
         print(f"{name}: Run All took {time.monotonic() - started:.1f} s in the browser")
-        page.wait_for_timeout(1000)                                   # plotly finishes drawing
+        page.evaluate(PAINTED)
+        page.wait_for_timeout(500)                                    # plotly finishes drawing
         errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
         assert not tracebacks, f"a cell of {name} raised:\n" + "\n".join(tracebacks)[:3000]
@@ -342,19 +360,21 @@ def test_notebook_runs_explorers_move_and_the_saved_copy_shows_snapshots(lab, br
                 explorer.screenshot(path=str(ARTIFACTS / f"{notebook.stem}-explorer-after.png"))
 
         # The instructor's own copy: save, shut the kernel down, open it again.
-        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-        page.wait_for_timeout(1500)
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")   # resolves once written
         for session in api(base, token, "/api/sessions"):
             if session.get("path", "").endswith(name):
                 api(base, token, f"/api/sessions/{session['id']}", method="DELETE")
-        saved = json.loads((root / name).read_text())
-        assert any("tinymoe-snapshot" in "".join(o.get("data", {}).get("text/html", ""))
-                   for c in saved["cells"] for o in c.get("outputs", [])), f"{name}: the saved copy holds no snapshot"
+        def saved_snapshot() -> bool:
+            saved = json.loads((root / name).read_text())
+            return any("tinymoe-snapshot" in "".join(o.get("data", {}).get("text/html", ""))
+                       for c in saved["cells"] for o in c.get("outputs", []))
+        wait_until(page, saved_snapshot, 20, f"{name}: the saved copy to hold a snapshot")
         page.goto("about:blank")
         open_notebook(page, base, token, name, workspace=notebook.stem.replace("_", "-") + "-reopened")
         wait_until(page, lambda: page.evaluate(VISIBLE_SNAPSHOTS) >= count, UPDATE_S,
                    f"{name}: the saved copy to show a snapshot for each of its {count} explorer(s)")
-        page.wait_for_timeout(1500)
+        page.evaluate(PAINTED)
+        page.wait_for_timeout(500)                                    # a dead widget's error would show by now
         assert page.evaluate(WIDGET_ERRORS) == 0, f"{name}: the reopened copy shows 'Error displaying widget'"
         assert page.evaluate(VISIBLE_SNAPSHOTS) >= count
         snapshot = page.locator(".tinymoe-snapshot").first
