@@ -382,7 +382,7 @@ routers = config.n_layers * config.moe.n_experts * config.d_model
 assert n_dense == total - inactive - routers                             # active parameters, less the routers
 print(f"MoE:   total {total:,}  active per token {total - inactive:,}  (of which routers {routers:,})")
 print(f"dense: total {n_dense:,}  every parameter active")
-viz.shapes_table(dense_config, previous=config)
+viz.shapes_table(dense_config, previous=config, fold_unchanged=True)
 
 # %% [markdown]
 # The dense run, with the library's progress bar (step, training loss, validation loss, tokens per
@@ -494,4 +494,4 @@ viz.row(with_sheet, without_sheet)
 # %%
 before_config = tm.ModelConfig(vocab_size=16, d_model=5, n_heads=1, d_ff=4, position="none",
                                moe=tm.MoEConfig(n_experts=3, top_k=2))
-viz.shapes_table(config, previous=before_config)
+viz.shapes_table(config, previous=before_config, fold_unchanged=True)

@@ -45,7 +45,8 @@ print(f"parameters: {tm.model_parameters(original)['total']:,}")
 #
 # Sinusoidal positions added once at the bottom, LayerNorm, a ReLU feed-forward of `4 * d_model`,
 # multi-head attention. The table lists every tensor of one block with its shape and every module's
-# parameters; the next steps mark what they change (old → new).
+# parameters. The next steps show only what they change (old → new, new rows green, removed rows
+# struck out); each run of rows that did not move is folded into one grey line that says how many.
 
 # %%
 viz.shapes_table(original, module="block")
@@ -61,7 +62,7 @@ viz.shapes_table(original, module="block")
 # %%
 step_rope = original.replace(position="rope", rope_pairing="interleaved")
 assert tm.model_parameters(step_rope)["total"] == tm.model_parameters(original)["total"]
-viz.shapes_table(step_rope, previous=original, module="block")
+viz.shapes_table(step_rope, previous=original, module="block", fold_unchanged=True)
 
 # %% [markdown]
 # ## Step 2 · RMSNorm instead of LayerNorm
@@ -72,7 +73,7 @@ viz.shapes_table(step_rope, previous=original, module="block")
 # %%
 step_rms = step_rope.replace(norm="rmsnorm")
 print("parameters saved:", tm.model_parameters(step_rope)["norms"] - tm.model_parameters(step_rms)["norms"])
-viz.shapes_table(step_rms, previous=step_rope, module="block")
+viz.shapes_table(step_rms, previous=step_rope, module="block", fold_unchanged=True)
 
 # %% [markdown]
 # ## Step 3 · SwiGLU instead of ReLU: Llama 1
@@ -86,7 +87,7 @@ d_ff_swiglu = 8 * round(2 * original.ff_dim / 3 / 8)                       # 2/3
 llama1 = step_rms.replace(ffn="swiglu", d_ff=d_ff_swiglu)
 before, after = tm.model_parameters(step_rms)["feed_forward"], tm.model_parameters(llama1)["feed_forward"]
 print(f"d_ff {original.ff_dim} -> {llama1.ff_dim}; feed-forward parameters {before:,} -> {after:,}")
-viz.shapes_table(llama1, previous=step_rms, module="block")
+viz.shapes_table(llama1, previous=step_rms, module="block", fold_unchanged=True)
 
 # %% [markdown]
 # ## Step 4 · Grouped-query attention: Llama 2 70B, then every Llama 3
@@ -97,7 +98,7 @@ viz.shapes_table(llama1, previous=step_rms, module="block")
 # %%
 llama2 = llama1.replace(n_kv_heads=2)
 print(f"KV cache for 10 tokens (bf16): {tm.kv_cache_bytes(llama1, 10):,} -> {tm.kv_cache_bytes(llama2, 10):,} bytes")
-viz.shapes_table(llama2, previous=llama1, module="block")
+viz.shapes_table(llama2, previous=llama1, module="block", fold_unchanged=True)
 
 # %% [markdown]
 # ## Step 5 · A bigger vocabulary: 32k → 128k → 202k
@@ -110,8 +111,8 @@ viz.shapes_table(llama2, previous=llama1, module="block")
 llama3 = llama2.replace(vocab_size=128, rope_base=500000.0)
 llama4_vocab = llama3.replace(vocab_size=202)
 one_layer = dict(n_layers=1)
-viz.row(viz.shapes_table(llama3.replace(**one_layer), previous=llama2.replace(**one_layer)),
-        viz.shapes_table(llama4_vocab.replace(**one_layer), previous=llama3.replace(**one_layer)))
+viz.row(viz.shapes_table(llama3.replace(**one_layer), previous=llama2.replace(**one_layer), fold_unchanged=True),
+        viz.shapes_table(llama4_vocab.replace(**one_layer), previous=llama3.replace(**one_layer), fold_unchanged=True))
 
 # %% [markdown]
 # At real size the vocabulary is no longer a rounding error: the share of all parameters in the
@@ -173,7 +174,7 @@ viz.row(viz.show(trace, "layers.0.attn.q_norm"), viz.show(trace, "layers.3.attn.
 
 # %%
 assert tm.model_parameters(llama4_attn)["total"] == tm.model_parameters(llama4_vocab)["total"]
-viz.shapes_table(llama4_attn, previous=llama4_vocab, module="block")
+viz.shapes_table(llama4_attn, previous=llama4_vocab, module="block", fold_unchanged=True)
 
 # %% [markdown]
 # ## Step 7 · Llama 4's Mixture of Experts
@@ -195,7 +196,7 @@ print(f"total {counts['total']:,} parameters, active per token {counts['active']
 viz.row(viz.show(trace4, "layers.1.moe.expert_ids"), viz.show(trace4, "layers.1.moe.gates"))
 
 # %%
-viz.shapes_table(llama4.replace(n_layers=2), previous=llama4_attn.replace(n_layers=2))
+viz.shapes_table(llama4.replace(n_layers=2), previous=llama4_attn.replace(n_layers=2), fold_unchanged=True)
 
 # %% [markdown]
 # ## Running it: the KV cache of a Llama 4

@@ -1,6 +1,8 @@
 """The shapes-and-parameters table: shapes from a real traced forward, what changed highlighted."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -106,3 +108,37 @@ def test_block_and_attention_modules_can_be_tabled():
 def test_an_impossible_config_raises_the_config_error():
     with pytest.raises(tinymoe.ConfigError, match="n_kv_heads"):
         viz.shapes_table(tinymoe.ModelConfig(d_model=8, n_heads=4, n_kv_heads=3))
+
+
+def _visible_text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html.replace("&hellip;", "…").replace("&#8942;", "⋮")))
+
+
+def test_fold_unchanged_draws_only_the_changed_rows_and_counts_the_rest():
+    """RMSNorm for LayerNorm in a block: the rms rows are new, mean/var/beta gone; the fifty-odd
+    rows that did not move are folded into lines that say how many and which, and the table's
+    data (.rows, .shapes) is untouched."""
+    ln = tinymoe.ModelConfig(d_model=8, n_heads=2, norm="layernorm", position="none")
+    rms = ln.replace(norm="rmsnorm")
+    full = viz.shapes_table(rms, previous=ln, module="block")
+    folded = viz.shapes_table(rms, previous=ln, module="block", fold_unchanged=True)
+    assert folded.shapes == full.shapes and folded.rows == full.rows, "folding is only how the table is drawn"
+    text = _visible_text(folded.html)
+    for name in ("norm_1.rms", "norm_2.rms", "norm_1.mean", "norm_1.beta"):
+        assert name in text, f"{name} changed (new or removed) and must stay on screen"
+    same = [r.name for r in full.rows if r.kind == "tensor" and r.status == "same"]
+    folds = [int(n) for n in re.findall(r"⋮ (\d+) rows unchanged", text)]
+    drawn_alone = [n for n in same if f" {n} (" in text]          # an unchanged row still drawn as a row
+    assert folds, "a block's table with one change should fold its long unchanged runs"
+    assert sum(folds) + len(drawn_alone) == len(same), \
+        f"every unchanged row is drawn or counted in a fold: {sum(folds)} folded + {len(drawn_alone)} drawn != {len(same)}"
+    assert "attn.scores (" not in text, "attn.scores sits in the middle of an unchanged run: it should be folded"
+    assert folded.html.count("<tr") <= full.html.count("<tr") / 2, "folding should at least halve a block's table"
+    assert "rows unchanged" not in full.html, "without fold_unchanged every row is drawn"
+
+
+def test_fold_unchanged_without_a_previous_table_draws_everything():
+    table = viz.shapes_table(attention(2), module="attention", fold_unchanged=True)
+    assert "rows unchanged" not in table.html, "with nothing to compare against, no row is 'unchanged'"
+    with pytest.raises(TypeError, match="fold_unchanged"):
+        viz.shapes_table(attention(2), module="attention", fold_unchanged="yes")

@@ -8,6 +8,7 @@ from a formula typed in here, so the table cannot disagree with the model.
 
     shapes_table(config)                        # one config
     shapes_table(new_config, previous=config)   # the rows that changed, highlighted, old struck out
+    shapes_table(new_config, previous=config, fold_unchanged=True)   # only those, runs of the rest folded
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ __all__ = ["ShapeRow", "ShapesTable", "shapes_table", "settings_of"]
 
 PARAMETER_ROLES = ("weight", "bias")
 CHANGED = "#fff0c2"      # a changed row (the gold of the mock)
+FOLD_RUN = 3             # fold_unchanged: a run of this many unchanged tensor rows or more becomes one line
 NEW = "#e5f4dd"          # a row that did not exist before
 
 
@@ -133,9 +135,9 @@ class ShapesTable(Html):
     """The table as data (`.rows`, `.shapes`, `.parameters`, `.changes`) and as HTML (`.html`)."""
 
     def __init__(self, rows: list[ShapeRow], settings: dict, changes: dict | None = None,
-                 module_kind: str = "model"):
+                 module_kind: str = "model", fold_unchanged: bool = False):
         self.rows, self.settings, self.module_kind = rows, settings, module_kind
-        self.changes = changes or {}
+        self.changes, self.fold_unchanged = changes or {}, fold_unchanged
         super().__init__(self._render())
 
     @classmethod
@@ -155,7 +157,12 @@ class ShapesTable(Html):
         changes.update({k: (old, None) for k, old in previous.settings.items()
                         if k not in self.settings and old is not None})
         changes = _collapse_groups(changes, previous.settings, self.settings)
-        return ShapesTable(_merge(current, before), self.settings, changes, self.module_kind)
+        return ShapesTable(_merge(current, before), self.settings, changes, self.module_kind, self.fold_unchanged)
+
+    def folded(self, fold_unchanged: bool = True) -> "ShapesTable":
+        """The same table drawn with each run of unchanged tensor rows folded into one line, so a
+        step that changes four rows of a block shows those four, not the block's fifty."""
+        return ShapesTable(self.rows, self.settings, self.changes, self.module_kind, fold_unchanged)
 
     # -- reading ---------------------------------------------------------------------------------
     @property
@@ -192,7 +199,16 @@ class ShapesTable(Html):
                f'<tr style="background:transparent"><td style="{head}">tensor / module</td>'
                f'<td style="{head}">shape</td><td style="{head}text-align:right">parameters</td></tr>']
         modules_started = False
-        for r in collapse_layers(self.rows):
+        rows = collapse_layers(self.rows)
+        if self.fold_unchanged and self.changes:
+            rows = fold_unchanged_rows(rows)
+        for r in rows:
+            if isinstance(r, _Fold):
+                names = escape(r.names[0]) + " &hellip; " + escape(r.names[-1])
+                out.append(f'<tr style="background:transparent"><td colspan="3" style="{td}color:#888;'
+                           f'font-style:italic">&#8942; {len(r.names)} rows unchanged '
+                           f'<span style="font-family:{MONO};font-style:normal">({names})</span></td></tr>')
+                continue
             if r.kind != "tensor" and not modules_started:
                 modules_started = True
                 out.append(f'<tr style="background:transparent"><td colspan="3" style="{td}color:#777;'
@@ -228,6 +244,31 @@ class ShapesTable(Html):
                        f'<td style="{td}{weight}text-align:right;font-family:{MONO};background:{fill}">{params}</td></tr>')
         out.append("</table></div>")
         return "".join(out)
+
+
+@dataclass
+class _Fold:
+    """A run of unchanged tensor rows, drawn as one line (fold_unchanged)."""
+    names: list
+
+
+def fold_unchanged_rows(rows: list) -> list:
+    """Runs of FOLD_RUN or more unchanged tensor rows become one `_Fold`; changed, new and removed
+    rows, and every module row, stay as they are."""
+    out, run = [], []
+
+    def flush():
+        out.extend([_Fold([r.name for r in run])] if len(run) >= FOLD_RUN else run)
+        run.clear()
+
+    for r in rows:
+        if r.kind == "tensor" and r.status == "same":
+            run.append(r)
+        else:
+            flush()
+            out.append(r)
+    flush()
+    return out
 
 
 LAYER = re.compile(r"^layers\.(\d+)(\.|$)(.*)$")
@@ -291,13 +332,16 @@ def _value(v) -> str:
 
 
 def shapes_table(config: ModelConfig, previous: "ModelConfig | ShapesTable | None" = None, seq_len: int = 10,
-                 batch: int = 1, module: str = "model", seed: int = 0) -> ShapesTable:
+                 batch: int = 1, module: str = "model", seed: int = 0, fold_unchanged: bool = False) -> ShapesTable:
     """Every named tensor's shape and every module's parameter count for `config`, from a traced
     forward of the core `module` ("model", "block" or "attention") with `seed`.
-    With `previous` (a config, or an earlier table) the rows that changed are marked old -> new."""
+    With `previous` (a config, or an earlier table) the rows that changed are marked old -> new;
+    `fold_unchanged=True` then folds each run of unchanged tensor rows into one line."""
+    if not isinstance(fold_unchanged, bool):
+        raise TypeError(f"fold_unchanged={fold_unchanged!r}: must be True or False")
     table = ShapesTable.from_run(traced_forward(config, module, seq_len, batch, seed))
     if previous is None:
         return table
     if isinstance(previous, ModelConfig):
         previous = ShapesTable.from_run(traced_forward(previous, module, seq_len, batch, seed))
-    return table.against(previous)
+    return table.against(previous).folded(fold_unchanged)
