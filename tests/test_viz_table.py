@@ -142,3 +142,17 @@ def test_fold_unchanged_without_a_previous_table_draws_everything():
     assert "rows unchanged" not in table.html, "with nothing to compare against, no row is 'unchanged'"
     with pytest.raises(TypeError, match="fold_unchanged"):
         viz.shapes_table(attention(2), module="attention", fold_unchanged="yes")
+
+
+def test_many_alike_heads_are_drawn_as_one_row_and_three_stay_apart():
+    nine = viz.shapes_table(tinymoe.ModelConfig(d_model=18, n_heads=9), module="attention")
+    text = _visible_text(nine.html)
+    assert "attn.head0-8 (1, 10, 2)" in text, "nine heads of one shape should read as one row attn.head0-8"
+    assert "attn.head3 " not in text
+    assert len([n for n in nine.shapes if ".head" in n]) == 9, "the table's data keeps every head"
+    three = _visible_text(viz.shapes_table(attention(3), module="attention").html)
+    assert all(f"attn.head{h} (1, 10, 3)" in three for h in range(3)), "the lessons' three heads stay one row each"
+    unequal = _visible_text(viz.shapes_table(tinymoe.ModelConfig(d_model=8, n_heads=4, head_dim=2,
+                                                                 v_head_dims=(4, 2, 2, 2)), module="attention").html)
+    assert "attn.head0 (1, 10, 4)" in unequal and "attn.head1 (1, 10, 2)" in unequal, \
+        "heads of different value sizes must stay apart"

@@ -199,7 +199,7 @@ class ShapesTable(Html):
                f'<tr style="background:transparent"><td style="{head}">tensor / module</td>'
                f'<td style="{head}">shape</td><td style="{head}text-align:right">parameters</td></tr>']
         modules_started = False
-        rows = collapse_layers(self.rows)
+        rows = collapse_heads(collapse_layers(self.rows))
         if self.fold_unchanged and self.changes:
             rows = fold_unchanged_rows(rows)
         for r in rows:
@@ -309,6 +309,41 @@ def collapse_layers(rows: list[ShapeRow]) -> list[ShapeRow]:
         else:
             merged.append(r)
     return merged
+
+
+HEAD = re.compile(r"^(?P<before>.*\.head)(?P<h>\d+)(?P<after>(?: \(×\d+\))?)$")
+HEADS_TO_COLLAPSE = 4    # four or more alike heads read better as one row; three stay apart (the lessons' size)
+
+
+def collapse_heads(rows: list[ShapeRow]) -> list[ShapeRow]:
+    """A run of per-head rows alike in all but the head number (`attn.head0` .. `attn.head8`, each
+    (1, 10, 64)) drawn as one row `attn.head0-8`. Heads that differ (unequal value sizes, a changed
+    row among them) stay apart, and so do runs shorter than HEADS_TO_COLLAPSE."""
+    out, run = [], []
+
+    def key(r):
+        m = HEAD.match(r.name)
+        return m and (m.group("before"), m.group("after"), r.kind, r.role, r.shape, r.parameters, r.status,
+                      r.old_shape, r.old_parameters)
+
+    def flush():
+        numbers = [int(HEAD.match(r.name).group("h")) for r in run]
+        if len(run) >= HEADS_TO_COLLAPSE and numbers == list(range(numbers[0], numbers[0] + len(run))):
+            m = HEAD.match(run[0].name)
+            out.append(dataclasses.replace(run[0], name=f"{m.group('before')}{numbers[0]}-{numbers[-1]}{m.group('after')}"))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for r in rows:
+        if run and key(r) != key(run[0]):
+            flush()
+        if key(r):
+            run.append(r)
+        else:
+            out.append(r)
+    flush()
+    return out
 
 
 def _collapse_groups(changes: dict, before: dict, after: dict) -> dict:
