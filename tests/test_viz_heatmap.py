@@ -105,3 +105,18 @@ def test_an_averaged_figure_keeps_the_tensors_own_row_and_column_numbers():
     assert widget.data[0].dx == 3 and widget.data[0].x0 == 1.0, "a live update moves the axes with the averaging"
     viz.update_heatmap(widget, torch.rand(1, 1, 4, 4), max_size=(160, 360))
     assert widget.data[0].dx == 1 and widget.data[0].x0 == 0.0
+
+
+def test_axes_are_labelled_on_whole_rows_and_columns_at_any_size():
+    """A one-token heatmap must not read -0.4 .. 0.4 on its axes: ticks sit on whole numbers, about
+    eight at most, and follow the data when a widget is updated (panels keep their names)."""
+    one = viz.heatmap(torch.rand(1, 1))
+    assert (one.layout.yaxis.tick0, one.layout.yaxis.dtick) == (0, 1) and one.layout.yaxis.tickmode == "linear"
+    assert (one.layout.xaxis.tick0, one.layout.xaxis.dtick) == (0, 1)
+    fig = viz.heatmap(torch.rand(64, 8), widget=True)
+    assert fig.layout.yaxis.dtick == 10 and fig.layout.xaxis.dtick == 1, "64 rows: every 10th; 8 columns: each"
+    viz.update_heatmap(fig, torch.rand(1, 3, 5, 5))
+    assert fig.layout.yaxis.dtick == 1 and fig.layout.xaxis.tickmode == "array", "three heads: named panels"
+    assert list(fig.layout.xaxis.ticktext) == ["head 0", "head 1", "head 2"]
+    viz.update_heatmap(fig, torch.rand(17, 3))
+    assert fig.layout.xaxis.tickmode == "linear" and fig.layout.xaxis.ticktext is None and fig.layout.yaxis.dtick == 5

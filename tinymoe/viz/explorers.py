@@ -22,7 +22,7 @@ from .explorer import EXPLORER_CELLS, EXPLORER_COLUMNS, Explorer, View, checkbox
 from .forward import traced_forward
 from .html import escape
 from .sheet import sheet, show
-from .style import figures_table, shape_text, text
+from .style import figures_table, plural, shape_text, text
 from .table import ShapesTable
 
 __all__ = ["AttentionExplorer", "RopeExplorer", "GQAExplorer"]
@@ -32,10 +32,6 @@ def _parameters_note(config: ModelConfig) -> str:
     counts = attention_parameters(config)
     terms = " + ".join(f"{name} {n:,}" for name, n in counts.items() if name != "total")
     return text(f"Attention parameters: {terms} = <b>{counts['total']:,}</b>", width=None)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _divisors(n: int) -> list:
@@ -168,14 +164,14 @@ class GQAExplorer(Explorer):
         cache = kv_cache_bytes(config, seq_len, batch=1, bytes_per_value=self.bytes_per_value)
         cache_mha = kv_cache_bytes(mha, seq_len, batch=1, bytes_per_value=self.bytes_per_value)
         kind = "MHA" if config.kv_heads == config.n_heads else "MQA" if config.kv_heads == 1 else "GQA"
-        label = (f"{kind}: {_plural(config.n_heads, 'query head')} share{'s' if config.n_heads == 1 else ''} "
-                 f"{_plural(config.kv_heads, 'key/value head')} "
+        label = (f"{kind}: {plural(config.n_heads, 'query head')} share{'s' if config.n_heads == 1 else ''} "
+                 f"{plural(config.kv_heads, 'key/value head')} "
                  f"(groups of {config.group_size}) · q {shape_text(trace['attn.q'].shape)} · "
                  f"k {shape_text(trace['attn.k'].shape)} · v {shape_text(trace['attn.v'].shape)} · "
                  f"W_k {shape_text(trace['attn.W_k'].shape)} · KV cache {cache:,} bytes")
         notes = figures_table([
             ("attention parameters", f"{params:,}", escape(f"MHA: {params_mha:,}")),
-            (f"KV cache, {seq_len} tokens, {self.bytes_per_value} bytes/value", f"{cache:,} B",
+            (f"KV cache, {plural(seq_len, 'token')}, {self.bytes_per_value} bytes/value", f"{cache:,} B",
              escape(f"MHA: {cache_mha:,} B, {cache_mha / cache:g}x more"))])
         names = ("attn.x", "attn.W_q", "attn.W_k", "attn.W_v", "attn.W_o", "attn.q", "attn.k", "attn.v",
                  "attn.weights", "attn.out")

@@ -145,6 +145,24 @@ def _ticks_at(tickvals, factor: int):
     return None if tickvals is None else [(factor - 1) / 2 + factor * v for v in tickvals]
 
 
+def _whole_ticks(n: int) -> dict:
+    """Axis ticks on whole row / column numbers, at most about eight (1, 2, 5, 10, 20, 50, ... apart):
+    left alone, plotly labels a one-row heatmap -0.4, -0.2, 0, 0.2, 0.4."""
+    step, mantissas = 1, (1, 2, 5)
+    for k in range(12):
+        step = next((m * 10 ** k for m in mantissas if n / (m * 10 ** k) <= 8), None)
+        if step is not None:
+            break
+    return dict(tickmode="linear", tick0=0, dtick=step or 10 ** 12)
+
+
+def _x_ticks(tickvals, ticktext, n_columns: int) -> dict:
+    """Panel names at the panels' centres, or whole column numbers for a single panel."""
+    if tickvals is None:
+        return dict(tickvals=None, ticktext=None, **_whole_ticks(n_columns))
+    return dict(tickmode="array", tickvals=tickvals, ticktext=ticktext, tick0=None, dtick=None)
+
+
 def _titled(title: str | None, factor: int) -> str:
     title = title or ""
     if factor == 1:
@@ -175,8 +193,8 @@ def heatmap(tensor, title: str | None = None, widget: bool = False, width: int =
     text = _titled(title, factor)
     layout = dict(title=dict(text=text, font=dict(size=13), x=0.02), width=width, height=height,
                   margin=dict(l=40, r=10, t=34 if text else 10, b=30),
-                  yaxis=dict(autorange="reversed", title=y_title),
-                  xaxis=dict(title=x_title, side="bottom", tickvals=tickvals, ticktext=ticktext),
+                  yaxis=dict(autorange="reversed", title=y_title, **_whole_ticks(z.shape[0] * factor)),
+                  xaxis=dict(title=x_title, side="bottom", **_x_ticks(tickvals, ticktext, z.shape[1] * factor)),
                   plot_bgcolor="white")
     return (go.FigureWidget if widget else go.Figure)(data=[trace], layout=layout)
 
@@ -194,7 +212,8 @@ def update_heatmap(figure, tensor, title: str | None = None, panel_names=None,
         figure.data[0].z = _json_safe(z)
         figure.data[0].update(_axes(factor))
         figure.data[0].zmin, figure.data[0].zmax = -limit, limit
-        figure.layout.xaxis.tickvals, figure.layout.xaxis.ticktext = tickvals, ticktext
+        figure.layout.yaxis.update(_whole_ticks(z.shape[0] * factor))
+        figure.layout.xaxis.update(_x_ticks(tickvals, ticktext, z.shape[1] * factor))
         if title is not None:
             figure.layout.title.text = _titled(title, factor)
     return z

@@ -15,6 +15,7 @@ from ..sizes import kv_cache_bytes
 from .explorer import Explorer, View, slider
 from .forward import traced_forward
 from .html import escape
+from .style import plural
 
 __all__ = ["Llama4Explorer"]
 
@@ -50,7 +51,7 @@ class Llama4Explorer(Explorer):
         cache = kv_cache_bytes(config, T, bytes_per_value=2)
         full = kv_cache_bytes(config.replace(attention_chunk_size=None), T, bytes_per_value=2)
         label = (f"{config.n_layers} layers: " + " · ".join(f"{i}: {k}" for i, k in enumerate(kinds))
-                 + f" · KV cache after {T} tokens: {cache:,} bytes (all global: {full:,})")
+                 + f" · KV cache after {plural(T, 'token')}: {cache:,} bytes (all global: {full:,})")
         notes = ('<div style="font-family:sans-serif;font-size:12px;color:#333">KV-cache slots per layer: '
                  + escape(", ".join(f"layer {i}: {s}" for i, s in enumerate(slots))) + "</div>")
         return View(shapes={f"layers.{i}.attn.mask": tuple(masks[i].shape) for i in range(config.n_layers)},

@@ -27,6 +27,7 @@ from .explorer import Explorer, View, dropdown, slider
 from .forward import traced_forward
 from .sheet import sheet
 from .table import ShapesTable
+from .style import plural
 
 __all__ = ["MoDExplorer", "MoDView"]
 
@@ -108,7 +109,7 @@ class MoDExplorer(Explorer):
 
         notes = (f'<div style="font-family:sans-serif;font-size:12px;color:#333;margin:2px 0 8px 0">'
                  f"<b>FLOPs of one forward pass, seq_len={T}</b><br>dense model: {dense_flops:,}<br>"
-                 f"MoD ({len(routed_layers)} of {config.n_layers} blocks routed, k={k} of {T} tokens): {mod_flops:,}"
+                 f"MoD ({len(routed_layers)} of {config.n_layers} blocks routed, k={k} of {plural(T, 'token')}): {mod_flops:,}"
                  f"<br>saved: {flops['saved']:.1%}</div>")
         full = ShapesTable.from_run(run)
         keep = {f"layers.{i}.mod.{n}" for i in routed_layers[:1] for n in ("x", "router_logits", "idx", "x_routed",

@@ -34,7 +34,7 @@ from ..config import ROUTERS, ModelConfig, MoEConfig
 from ..moe import moe_parameter_counts, scatter_gates
 from .explorer import Explorer, View, dropdown, slider
 from .forward import traced_forward
-from .style import TEXT, shape_text
+from .style import TEXT, plural, shape_text
 from .html import escape
 from .sheet import show
 from .table import ShapesTable
@@ -63,10 +63,6 @@ class MoEView(View):
     dropped: dict = field(default_factory=dict)         # assignments / tokens turned away
     parameters: dict = field(default_factory=dict)      # moe_parameter_counts(config)
     routing: np.ndarray | None = None                   # (seq_len, n_experts) gate used per token and expert
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _count(n: float) -> str:
@@ -148,7 +144,7 @@ class MoEExplorer(Explorer):
             routing, capacity = combine, None
             dropped = {"assignments": 0, "tokens": 0}
             turned_away = [0] * E
-            title = f"{_plural(T, 'token')} × {_plural(E, 'expert')} (soft: summed over each expert's slots)"
+            title = f"{plural(T, 'token')} × {plural(E, 'expert')} (soft: summed over each expert's slots)"
         else:
             dropped_ids = torch.where(trace["moe.dropped"], trace["moe.chosen_ids"], -1)  # (N, k)
             routing = routing_matrix(trace["moe.expert_ids"], trace["moe.gates"], E, dropped_ids)  # (T, E)
@@ -158,7 +154,7 @@ class MoEExplorer(Explorer):
             dropped = {"assignments": int(trace["moe.dropped"].sum()),
                        "tokens": int(trace["moe.dropped_tokens"].sum())}
             turned_away = torch.bincount(dropped_ids[dropped_ids >= 0], minlength=E).tolist()   # per expert
-            title = f"{_plural(T, 'token')} (rows) × {_plural(E, 'expert')}"
+            title = f"{plural(T, 'token')} (rows) × {plural(E, 'expert')}"
 
         label = self._label_text(config, trace, T, capacity, dropped, counts)
         notes = self._notes_html(config, load, turned_away, capacity, dropped, counts, T)
@@ -240,7 +236,7 @@ class MoEExplorer(Explorer):
             what = f"tokens each expert picked (expert choice: exactly c = {capacity} each)"
         else:
             per = T * moe.top_k
-            what = (f"assignments each expert processes ({T} tokens × top-{moe.top_k} = {per}"
+            what = (f"assignments each expert processes ({plural(T, 'token')} × top-{moe.top_k} = {per}"
                     + (f"; dashed line: capacity {capacity}; orange: turned away)" if capacity is not None
                        else "; no capacity)"))
         if moe.router == "soft":

@@ -17,7 +17,7 @@ from __future__ import annotations
 from .html import escape
 
 __all__ = ["shape_text", "MONO", "SANS", "TEXT", "NOTE", "TABLE", "CELL", "HEAD_CELL", "text", "note",
-           "figures_table", "EXPLORER_CSS", "SNAPSHOT_CSS"]
+           "plural", "figures_table", "EXPLORER_CSS", "SNAPSHOT_CSS"]
 
 MONO = "SFMono-Regular,Menlo,Consolas,'DejaVu Sans Mono','Liberation Mono',monospace"
 SANS = "font-family:sans-serif"
@@ -34,6 +34,11 @@ def shape_text(shape) -> str:
         return ""
     shape = tuple(shape)
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 token', '2 tokens', '0 tokens'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def text(html: str, width: int | None = 460, margin: str = "2px 0 6px 0") -> str:
