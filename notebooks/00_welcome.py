@@ -83,10 +83,10 @@ viz.column(viz.legend(),
 # Every notebook relies on this; notebook 02 checks it on a whole language model.
 
 # %%
-shaded = viz.sheet(layer.weight, role="weight").cells + viz.sheet(layer.bias, role="bias").cells
+bordered = viz.sheet(layer.weight, role="weight").cells + viz.sheet(layer.bias, role="bias").cells
 parameters = sum(p.numel() for p in layer.parameters())
-assert shaded == parameters
-print("shaded cells:", shaded, "| parameters:", parameters)
+assert bordered == parameters
+print("red- and grey-bordered cells:", bordered, "| parameters:", parameters)
 
 # %% [markdown]
 # ## Orientation: tokens as rows, or as columns

@@ -118,7 +118,7 @@ print("d_k = 3, d_v = 4 -> out", tuple(out_v4.shape), "| d_k = 3, d_v = 2 -> out
 # `Q Kᵀ` holds the dot product of query `i` (row) with key `j` (column): a `(10, 10)` table of how
 # well each token's question matches each token's offer. Laid out by hand it is again "left times
 # top": `Q` (one query per row) on the left, `Kᵀ` (one key per column) on top, each product where a
-# query's row meets a key's column. Both operands are computed, not trained, so neither is shaded.
+# query's row meets a key's column. Both operands are computed, not trained, so neither has a red border.
 # Then every score is divided by `√d_k = √3` (the sheet beside it, or below on a narrow screen). We compute it by hand and check the core's
 # `attn.scores` agrees.
 

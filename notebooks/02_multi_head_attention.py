@@ -215,9 +215,9 @@ viz.shapes_table(model_config.replace(vocab_size=32), previous=model_config)
 
 # %%
 weight_sheets = [viz.show(trace_u, name) for name in ("attn.W_q", "attn.W_k", "attn.W_v", "attn.W_o")]
-shaded = sum(s.cells for s in weight_sheets)
-assert shaded == sum(p.numel() for p in attn_u.parameters()) == tm.attention_parameters(unequal)["total"]
-print("shaded cells:", shaded, "= parameters of the layer:", tm.attention_parameters(unequal))
+bordered = sum(s.cells for s in weight_sheets)
+assert bordered == sum(p.numel() for p in attn_u.parameters()) == tm.attention_parameters(unequal)["total"]
+print("red-bordered cells:", bordered, "= parameters of the layer:", tm.attention_parameters(unequal))
 viz.row(*weight_sheets)
 
 # %% [markdown]
@@ -229,11 +229,11 @@ viz.row(*weight_sheets)
 # %%
 lm_trace = tm.Trace()
 small_lm(torch.randint(0, 16, (1, 10)), trace=lm_trace)
-shaded_names = [n for n in lm_trace if lm_trace.role(n) in ("weight", "bias")]
-cells = {n: viz.show(lm_trace, n).cells for n in shaded_names}
+bordered_names = [n for n in lm_trace if lm_trace.role(n) in ("weight", "bias")]
+cells = {n: viz.show(lm_trace, n).cells for n in bordered_names}
 for name, n in cells.items():
     print(f"{name:<26}{n:>5}")
-print(f"{'shaded cells':<26}{sum(cells.values()):>5}")
+print(f"{'bordered cells':<26}{sum(cells.values()):>5}")
 print(f"{'parameter_counts total':<26}{before['total']['trainable']:>5}")
 assert sum(cells.values()) == before["total"]["trainable"]
 

@@ -137,10 +137,10 @@ torch.testing.assert_close(rms_norm(x_centred), layer_norm_no_beta(x))
 print("RMSNorm(x - mean) == LayerNorm(x) with beta = 0")
 
 # %% [markdown]
-# ## Parameters: the shaded cells
+# ## Parameters: the bordered cells
 #
 # LayerNorm trains a `gamma` and a `beta` per feature (`2 · d_model`); RMSNorm trains only `gamma`
-# (`d_model`). These are the red and grey cells in the sheets above.
+# (`d_model`). These are the red- and grey-bordered cells in the sheets above.
 
 # %%
 for name, module in (("LayerNorm", layer_norm), ("RMSNorm", rms_norm)):

@@ -10,9 +10,9 @@ Names are a public vocabulary shared by the notebooks, the sheets, the exercises
 `attn.q`, `attn.scores`, `attn.weights`, `moe.router_probs`, ... A model scopes its blocks,
 so the second layer's scores are `layers.1.attn.scores`.
 
-Each record also carries a role, which the sheets use for colour:
-  weight (trainable, shaded red), bias (grey), input (gold), output (blue), activation (plain),
-  buffer (precomputed, not trainable: RoPE's cos/sin).
+Each record also carries a role, which the sheets draw as the cells' border (the fill is the value):
+  weight (trainable: red), bias (grey), input (gold), output (purple), activation (plain),
+  buffer (precomputed, not trainable: RoPE's cos/sin; green).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ result cell sits at the crossing of the row and the column whose dot product it 
 whole point: the reader can check one cell with a finger on each operand. Shapes sit on the edges
 (each operand's caption) and in the equation line above.
 
-The same layout draws a product of two activations; `roles` says so, and nothing is shaded as
+The same layout draws a product of two activations; `roles` says so, and nothing is bordered as
 trainable that is not (pytorch layout, all three roles "activation"):
 
     scores = Q K^T        matmul_sheet(K, Q, result=scores)       Q left, K.T on top
