@@ -148,12 +148,12 @@ def _ticks_at(tickvals, factor: int):
 def _whole_ticks(n: int) -> dict:
     """Axis ticks on whole row / column numbers, at most about eight (1, 2, 5, 10, 20, 50, ... apart):
     left alone, plotly labels a one-row heatmap -0.4, -0.2, 0, 0.2, 0.4."""
-    step, mantissas = 1, (1, 2, 5)
-    for k in range(12):
-        step = next((m * 10 ** k for m in mantissas if n / (m * 10 ** k) <= 8), None)
-        if step is not None:
-            break
-    return dict(tickmode="linear", tick0=0, dtick=step or 10 ** 12)
+    power = 1
+    while True:
+        for step in (power, 2 * power, 5 * power):
+            if n <= 8 * step:
+                return dict(tickmode="linear", tick0=0, dtick=step)
+        power *= 10
 
 
 def _x_ticks(tickvals, ticktext, n_columns: int) -> dict:
