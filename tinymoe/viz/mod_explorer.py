@@ -26,8 +26,8 @@ from ..mod import forward_flops, routed_tokens
 from .explorer import Explorer, View, dropdown, slider
 from .forward import traced_forward
 from .sheet import sheet
-from .table import ShapesTable
 from .style import plural
+from .table import ShapesTable
 
 __all__ = ["MoDExplorer", "MoDView"]
 
