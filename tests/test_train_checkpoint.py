@@ -81,6 +81,34 @@ def test_interrupt_while_writing_keeps_the_previous_checkpoint(data, tmp_path, m
     assert not leftovers, f"temporary files left behind: {leftovers}"
 
 
+class _CtrlCWhilePickled:
+    """Pickles as an empty OrderedDict, but sends this process a real SIGINT while torch.save is
+    in the middle of writing it: Ctrl-C at the worst moment, on purpose."""
+    def __reduce__(self):
+        import collections
+        import os
+        import signal
+        os.kill(os.getpid(), signal.SIGINT)
+        return collections.OrderedDict, ()
+
+
+def test_ctrl_c_in_the_middle_of_a_write_waits_for_a_whole_file(tmp_path):
+    """A real SIGINT inside torch.save used to break its zip writer, and the RuntimeError of its
+    clean-up ("unexpected pos") hid the interrupt. Now the write finishes, the file is whole and
+    new, and then the KeyboardInterrupt arrives."""
+    from tinymoe.train.checkpoint import save_checkpoint
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, {"step": 1, "weights": torch.ones(4)})
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2, "weights": torch.arange(100_000.0), "probe": _CtrlCWhilePickled()})
+    state = load_checkpoint(path)
+    assert state["step"] == 2 and torch.equal(state["weights"], torch.arange(100_000.0)), \
+        "the checkpoint being written when Ctrl-C came should have been completed"
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"], "a temporary file was left behind"
+    import signal
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C handling must be put back"
+
+
 def test_checkpoint_of_another_model_config_is_refused_naming_the_fields(data, tmp_path):
     path = tmp_path / "run.pt"
     config = small_train_config(steps=2, checkpoint_path=str(path))

@@ -7,6 +7,7 @@ drawn and the generator's state) and the random-number state, with the history s
 Written atomically: the file is written under a temporary name in the same folder and then
 renamed over the old one (`os.replace`, one filesystem operation), so a run stopped at any moment
 (KeyboardInterrupt, a killed job) leaves either the old checkpoint or the new one, never half of one.
+A Ctrl-C that arrives while the file is being written waits until it is whole, then stops the run.
 
 A checkpoint is refused, with the differing fields named, when it was made with another model
 config (its weights would not mean the same thing) or with other training settings that decide
@@ -15,9 +16,12 @@ it claims to continue.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -77,23 +81,53 @@ def _shape_differences(saved: dict, model: nn.Module) -> list[str]:
             for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then deliver it.
+
+    A KeyboardInterrupt raised in the middle of torch.save breaks its zip writer, whose clean-up
+    then raises a RuntimeError ("unexpected pos ...") that hides the interrupt: the run would end
+    with a traceback instead of stopping cleanly with its last checkpoint. Only the main thread
+    receives signals; elsewhere (and under a handler Python did not install) nothing is deferred."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    if previous is None:                                   # a handler not set from Python: leave it alone
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)                  # Python's default handler raises KeyboardInterrupt
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 def save_checkpoint(path, state: dict) -> Path:
-    """torch.save(state) to path atomically (temporary file in the same folder, then os.replace)."""
+    """torch.save(state) to path atomically (temporary file in the same folder, then os.replace).
+    A Ctrl-C during the write is delivered once the new file is in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)                      # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)                              # the one step at which the new file appears
-    except BaseException:                                  # KeyboardInterrupt too: leave no half file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with interrupts_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"format": FORMAT, **state}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)                  # mkstemp makes it private; give it a normal file's mode
+            os.replace(tmp, path)                          # the one step at which the new file appears
+        except BaseException:                              # a killed write too: leave no half file behind
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
