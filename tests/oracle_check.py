@@ -1,4 +1,5 @@
-"""The one comparison every oracle test makes: our tensor against an outside reference's."""
+"""The one comparison every oracle test makes (our tensor against an outside reference's), and the
+random weights the Llama oracles put in our modules before copying them across."""
 import torch
 
 
@@ -12,3 +13,11 @@ def check(name: str, ours: torch.Tensor, theirs: torch.Tensor, tol: float = 1e-5
     assert err <= tol * scale, (f"{name}: max abs error {err:.3e} against {against} exceeds "
                                 f"{tol:.0e} x {scale:.3g} = {tol * scale:.3e}")
     return err
+
+
+def randomize(module: torch.nn.Module, seed: int) -> None:
+    """Random values everywhere (norm gains too, so a gain of 1 cannot hide a missing multiply)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)

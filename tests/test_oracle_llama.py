@@ -47,14 +47,6 @@ def _configs(n_kv_heads=N_KV_HEADS, n_layers=1):
     return hf, ours
 
 
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Random values everywhere (norm gains too, so a gain of 1 cannot hide a missing multiply)."""
-    g = _gen(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-
 def _copy_attention(ours: MultiHeadAttention, theirs: LlamaAttention) -> None:
     with torch.no_grad():
         theirs.q_proj.weight.copy_(ours.W_q.weight)
@@ -122,7 +114,7 @@ def test_rope_matches_llama_apply_rotary_pos_emb(offset):
 @pytest.mark.parametrize("eps", [EPS, 1e-6, 0.1])
 def test_rmsnorm_matches_llama_rmsnorm(eps):
     ours, theirs = RMSNorm(D_MODEL, eps=eps), LlamaRMSNorm(D_MODEL, eps=eps)
-    _randomize(ours, 0)
+    oracle_check.randomize(ours, 0)
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(B, T, D_MODEL, generator=_gen(1)) * 0.5
     check(f"RMSNorm eps={eps} vs LlamaRMSNorm", ours(x), theirs(x))
@@ -131,7 +123,7 @@ def test_rmsnorm_matches_llama_rmsnorm(eps):
 def test_swiglu_matches_llama_mlp():
     hf, _ = _configs()
     ours, theirs = SwiGLU(D_MODEL, D_FF), LlamaMLP(hf)
-    _randomize(ours, 0)
+    oracle_check.randomize(ours, 0)
     _copy_mlp(ours, theirs)
     x = torch.randn(B, T, D_MODEL, generator=_gen(1))
     check("SwiGLU vs LlamaMLP", ours(x)[0], theirs(x))
@@ -143,7 +135,7 @@ def test_swiglu_matches_llama_mlp():
 def test_attention_matches_llama_attention(n_kv_heads):
     hf, ours_config = _configs(n_kv_heads=n_kv_heads)
     ours, theirs = MultiHeadAttention(ours_config), LlamaAttention(hf, layer_idx=0).eval()
-    _randomize(ours, 0)
+    oracle_check.randomize(ours, 0)
     _copy_attention(ours, theirs)
     x, _, position_embeddings = _rope_inputs(hf)
     trace = Trace()
@@ -158,7 +150,7 @@ def test_attention_matches_llama_attention(n_kv_heads):
 def test_attention_with_padding_matches_llama_attention():
     hf, ours_config = _configs()
     ours, theirs = MultiHeadAttention(ours_config), LlamaAttention(hf, layer_idx=0).eval()
-    _randomize(ours, 0)
+    oracle_check.randomize(ours, 0)
     _copy_attention(ours, theirs)
     x, _, position_embeddings = _rope_inputs(hf)
     real = torch.ones(B, T, dtype=torch.bool)
@@ -173,7 +165,7 @@ def test_attention_with_padding_matches_llama_attention():
 def test_decoder_block_matches_llama_decoder_layer():
     hf, ours_config = _configs()
     ours, theirs = DecoderBlock(ours_config), LlamaDecoderLayer(hf, layer_idx=0).eval()
-    _randomize(ours, 0)
+    oracle_check.randomize(ours, 0)
     _copy_block(ours, theirs)
     x, position_ids, position_embeddings = _rope_inputs(hf)
     out, _ = ours(x)
@@ -187,7 +179,7 @@ def test_decoder_block_matches_llama_decoder_layer():
 def test_tinylm_matches_llama_for_causal_lm():
     hf, ours_config = _configs(n_layers=2)
     ours = TinyLM(ours_config)
-    _randomize(ours, 0)
+    oracle_check.randomize(ours, 0)
     theirs = LlamaForCausalLM(hf).eval()
     with torch.no_grad():
         theirs.model.embed_tokens.weight.copy_(ours.embed.weight)

@@ -60,13 +60,6 @@ def _configs():
     return hf, ours
 
 
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    g = _gen(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-
 def _copy_attention(ours: MultiHeadAttention, theirs: Llama4TextAttention) -> None:
     with torch.no_grad():
         for mine, hf_name in (("W_q", "q_proj"), ("W_k", "k_proj"), ("W_v", "v_proj"), ("W_o", "o_proj")):
@@ -115,7 +108,7 @@ def test_attention_matches_llama4_text_attention(layer):
     hf, ours_config = _configs()
     ours, theirs = MultiHeadAttention(ours_config, layer=layer), Llama4TextAttention(hf, layer_idx=layer).eval()
     assert ours.use_rope == bool(theirs.use_rope), f"layer {layer}: our RoPE {ours.use_rope} vs theirs {theirs.use_rope}"
-    _randomize(ours, seed=10 + layer)
+    oracle_check.randomize(ours, seed=10 + layer)
     _copy_attention(ours, theirs)
     x, _, freqs = _rope(hf)
     with torch.no_grad():
@@ -129,7 +122,7 @@ def test_llama4_moe_matches_llama4_text_moe():
     ours = MoE(ours_config.replace(moe=MoEConfig(n_experts=N_EXPERTS, top_k=1, router="llama4", n_shared_experts=1,
                                                  d_ff_expert=D_FF, dispatch="loop")))
     theirs = Llama4TextMoe(hf).eval()
-    _randomize(ours, seed=20)
+    oracle_check.randomize(ours, seed=20)
     _copy_moe(ours, theirs)
     x = torch.randn(B, T, D_MODEL, generator=_gen(2))
     with torch.no_grad():
@@ -144,7 +137,7 @@ def test_decoder_block_matches_llama4_text_decoder_layer(layer):
     hf, ours_config = _configs()
     ours, theirs = DecoderBlock(ours_config, layer=layer), Llama4TextDecoderLayer(hf, layer_idx=layer).eval()
     assert theirs.is_moe_layer == ours_config.moe_in_layer(layer) == (layer == 1)
-    _randomize(ours, seed=30 + layer)
+    oracle_check.randomize(ours, seed=30 + layer)
     _copy_attention(ours.attn, theirs.self_attn)
     with torch.no_grad():
         theirs.input_layernorm.weight.copy_(ours.norm_1.weight)
@@ -183,7 +176,7 @@ def _deepseek_configs():
 def _deepseek_pair(seed: int):
     hf, ours_config = _deepseek_configs()
     ours, theirs = MoE(ours_config), DeepseekV3MoE(hf).eval()
-    _randomize(ours, seed)
+    oracle_check.randomize(ours, seed)
     with torch.no_grad():
         ours.router.selection_bias.copy_(torch.randn(DS_EXPERTS, generator=_gen(seed + 1)) * 0.3)
         theirs.gate.weight.copy_(ours.router.weight)
@@ -242,7 +235,7 @@ def _model_pair(seed: int = 60):
     from tinymoe import TinyLM
     hf, ours_config = _configs()
     ours = TinyLM(ours_config).eval()
-    _randomize(ours, seed)
+    oracle_check.randomize(ours, seed)
     theirs = Llama4ForCausalLM(hf).eval()
     with torch.no_grad():
         theirs.model.embed_tokens.weight.copy_(ours.embed.weight)
